@@ -1,0 +1,178 @@
+"""Evaluation metrics for every task, on scikit-learn; the model and the baselines share them.
+
+Keys are the constants of :mod:`common.keys`. Values are plain floats. A metric that is undefined
+for the data given (an AUROC when only one class occurs, a splice PR-AUC when no site of that class
+occurs) is ``nan`` rather than an exception or a made-up 0, so one degenerate evaluation set does not
+crash a federated round and cannot pass for a real score.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    f1_score,
+    matthews_corrcoef,
+    roc_auc_score,
+)
+
+from common import keys
+from common.tasks import IGNORE_INDEX, TaskSpec, get_task
+
+_SPLICE_LABELS = get_task("splice").label_names
+DONOR = _SPLICE_LABELS.index("donor")
+ACCEPTOR = _SPLICE_LABELS.index("acceptor")
+
+
+def _check_inputs(y_true, prob, *, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as int64 ``[N]`` and probabilities as float64 ``[N, C]``, or a ValueError saying why not."""
+    y = np.asarray(y_true)
+    p = np.asarray(prob, dtype=np.float64)
+    if y.ndim != 1 or p.ndim != 2:
+        raise ValueError(f"{where}: expected y_true [N] and prob [N, C], got shapes {y.shape} and {p.shape}")
+    if y.shape[0] != p.shape[0]:
+        raise ValueError(f"{where}: {y.shape[0]} labels but {p.shape[0]} rows of probabilities")
+    if y.shape[0] == 0:
+        raise ValueError(f"{where}: no examples to score")
+    if p.shape[1] < 2:
+        raise ValueError(f"{where}: expected at least 2 class columns, got {p.shape[1]}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{where}: labels must be integers, got dtype {y.dtype}")
+    if y.min() < 0 or y.max() >= p.shape[1]:
+        raise ValueError(f"{where}: labels must lie in 0..{p.shape[1] - 1}, got {y.min()}..{y.max()}")
+    if not np.isfinite(p).all():
+        raise ValueError(f"{where}: probabilities contain NaN or infinity")
+    return y.astype(np.int64), p
+
+
+def _one_vs_rest(score: Callable[[np.ndarray, np.ndarray], float], y: np.ndarray, p: np.ndarray,
+                 cls: int) -> float:
+    """``score(is_cls, p[:, cls])``, or nan when ``cls`` is absent or is every label (undefined)."""
+    is_cls = y == cls
+    if is_cls.all() or not is_cls.any():
+        return float("nan")
+    return float(score(is_cls, p[:, cls]))
+
+
+def _macro(values: list[float]) -> float:
+    """Mean over the defined values; nan when none is defined."""
+    defined = [v for v in values if not np.isnan(v)]
+    return float(np.mean(defined)) if defined else float("nan")
+
+
+def sequence_metrics(y_true, prob) -> dict[str, float]:
+    """Metrics of one label per sequence, from class probabilities.
+
+    Args:
+        y_true: int labels ``[N]`` in ``0..C-1``.
+        prob: class probabilities ``[N, C]`` (softmax output); the prediction is the argmax.
+
+    Returns:
+        ``accuracy``, ``balanced_accuracy``, ``mcc``, ``f1``, ``auroc``, ``auprc`` (keys in
+        :mod:`common.keys`). With two classes, F1, AUROC and AUPRC (average precision) are for the
+        positive class 1; with more, they are macro averages of one-vs-rest scores. When ``y_true``
+        holds a single class, AUROC and AUPRC are undefined and returned as ``nan``; MCC is then 0
+        (scikit-learn's convention for a zero denominator) and balanced accuracy is the recall of
+        the class present.
+
+    Raises:
+        ValueError: shapes disagree, no examples, labels out of range, or non-finite probabilities.
+    """
+    y, p = _check_inputs(y_true, prob, where="sequence_metrics")
+    pred = p.argmax(axis=1)
+    classes = range(p.shape[1])
+    with warnings.catch_warnings():
+        # Legal for a single-class set; the docstring says what the value then means.
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        balanced = balanced_accuracy_score(y, pred)
+    if p.shape[1] == 2:
+        f1 = f1_score(y, pred, pos_label=1, average="binary", zero_division=0.0)
+        auroc = _one_vs_rest(roc_auc_score, y, p, 1)
+        auprc = _one_vs_rest(average_precision_score, y, p, 1)
+    else:
+        f1 = f1_score(y, pred, labels=list(classes), average="macro", zero_division=0.0)
+        auroc = _macro([_one_vs_rest(roc_auc_score, y, p, c) for c in classes])
+        auprc = _macro([_one_vs_rest(average_precision_score, y, p, c) for c in classes])
+    return {
+        keys.ACCURACY: float(accuracy_score(y, pred)),
+        keys.BALANCED_ACCURACY: float(balanced),
+        keys.MCC: float(matthews_corrcoef(y, pred)),
+        keys.F1: float(f1),
+        keys.AUROC: auroc,
+        keys.AUPRC: auprc,
+    }
+
+
+def topk_accuracy(is_site: np.ndarray, score: np.ndarray) -> float:
+    """SpliceAI's top-k accuracy: with k the number of true sites, the fraction of the k
+    highest-scoring positions that are true sites; nan when there is no true site.
+
+    Ties at the cut are broken by position (first wins), so the value is deterministic.
+    """
+    k = int(is_site.sum())
+    if k == 0:
+        return float("nan")
+    top = np.argsort(-score, kind="stable")[:k]
+    return float(is_site[top].mean())
+
+
+def position_metrics(y_true, prob) -> dict[str, float]:
+    """Splice-site metrics over bases pooled from every sequence.
+
+    Args:
+        y_true: int labels ``[N_bases]`` (0 neither, 1 donor, 2 acceptor); entries equal to
+            ``IGNORE_INDEX`` (padding) are dropped with their rows of ``prob``.
+        prob: class probabilities ``[N_bases, 3]``.
+
+    Returns:
+        ``accuracy`` (base level, argmax), ``pr_auc_donor`` and ``pr_auc_acceptor`` (average precision
+        of that class against the rest), ``pr_auc_mean`` (their mean, or the one that is defined),
+        ``topk_donor`` and ``topk_acceptor`` (see :func:`topk_accuracy`). A class with no true site
+        has nan PR-AUC and top-k.
+
+    Raises:
+        ValueError: shapes disagree, nothing left after dropping padding, a label out of range,
+            fewer than 3 class columns, or non-finite probabilities.
+    """
+    y = np.asarray(y_true)
+    p = np.asarray(prob)
+    if y.ndim == 1 and p.ndim == 2 and y.shape[0] == p.shape[0]:
+        keep = y != IGNORE_INDEX
+        y, p = y[keep], p[keep]
+    y, p = _check_inputs(y, p, where="position_metrics")
+    if p.shape[1] <= max(DONOR, ACCEPTOR):
+        raise ValueError(f"position_metrics: expected {len(_SPLICE_LABELS)} class columns "
+                         f"{_SPLICE_LABELS}, got {p.shape[1]}")
+    donor = _one_vs_rest(average_precision_score, y, p, DONOR)
+    acceptor = _one_vs_rest(average_precision_score, y, p, ACCEPTOR)
+    return {
+        keys.ACCURACY: float(accuracy_score(y, p.argmax(axis=1))),
+        keys.PR_AUC_DONOR: donor,
+        keys.PR_AUC_ACCEPTOR: acceptor,
+        keys.PR_AUC_MEAN: _macro([donor, acceptor]),
+        keys.TOPK_DONOR: topk_accuracy(y == DONOR, p[:, DONOR]),
+        keys.TOPK_ACCEPTOR: topk_accuracy(y == ACCEPTOR, p[:, ACCEPTOR]),
+    }
+
+
+def task_metrics(task: str | TaskSpec, y_true, prob) -> dict[str, float]:
+    """The metrics of ``task``: :func:`position_metrics` for per-position tasks, else
+    :func:`sequence_metrics`. Every task's ``headline_metric`` is among the returned keys.
+
+    Raises:
+        ValueError: an unknown task, probabilities whose class count is not the task's, or any
+            error of the metric function.
+    """
+    spec = get_task(task) if isinstance(task, str) else task
+    width = np.shape(prob)[-1] if np.ndim(prob) == 2 else None
+    if width != spec.num_classes:
+        raise ValueError(f"task {spec.name!r}: expected prob of shape [N, {spec.num_classes}], "
+                         f"got {np.shape(prob)}")
+    if spec.per_position:
+        return position_metrics(y_true, prob)
+    return sequence_metrics(y_true, prob)

@@ -1,0 +1,290 @@
+"""The genomic transformer: one backbone, one head per task.
+
+Reads top to bottom: config, positions, embedding, attention, block, codon mixer, heads, model.
+Every module with parameters is built from layers Opacus has per-sample gradient samplers for
+(nn.Linear, nn.Embedding, nn.LayerNorm), so the model passes
+``ModuleValidator.validate(model, strict=True)`` in every configuration and trains under DP-SGD.
+
+Fixes to the seed article's model: padding has its own token and is masked out of attention
+(as keys) and out of pooling (masked mean over real bases); attention is hand-written from
+nn.Linear because Opacus 1.6's DPMultiheadAttention mixes heads with batch_first=True.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import ConfigDict
+
+from common.tasks import TASK_NAMES, get_task
+from common.tokenizer import PAD_ID, VOCAB_SIZE
+
+HEAD_PREFIX = "heads."  # parameter names under this prefix belong to one task's head
+
+
+class ModelConfigError(ValueError):
+    """A model configuration that cannot build a model; names the field and the value."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    d_model: int = 128
+    n_heads: int = 8
+    n_layers: int = 4
+    d_ff: int = 512
+    dropout: float = 0.1
+    max_len: int = 512
+    vocab_size: int = VOCAB_SIZE
+    codon_phase: bool = False  # add an embedding of position mod 3 (reading frame)
+    hierarchical: bool = False  # mix the 3 bases of each codon, attend over codons (L/3 tokens)
+    epigenetic_tracks: int = 0  # > 0: per-base tracks [B, L, E] fused with the sequence embedding
+
+    # Read by pydantic when this dataclass sits inside a config file's schema: no unknown keys.
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    def __post_init__(self) -> None:
+        positive = ("d_model", "n_heads", "n_layers", "d_ff", "max_len", "vocab_size")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ModelConfigError(f"model.{name}: expected a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ModelConfigError(
+                f"model.d_model: {self.d_model} is not divisible by model.n_heads {self.n_heads}")
+        if self.d_model % 2:  # sine and cosine channels come in pairs
+            raise ModelConfigError(f"model.d_model: expected an even number, got {self.d_model}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ModelConfigError(f"model.dropout: expected 0 <= dropout < 1, got {self.dropout!r}")
+        if self.epigenetic_tracks < 0:
+            raise ModelConfigError(f"model.epigenetic_tracks: expected >= 0, got {self.epigenetic_tracks!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ModelConfigError(f"model: unknown keys {unknown}; known keys: {sorted(known)}")
+        return cls(**values)
+
+
+class ModelOutput(NamedTuple):
+    """``logits``: ``[B, C]`` (sequence task) or ``[B, L, C]`` (per-position task).
+    ``attentions``: one ``[B, H, T, T]`` map per layer when asked for, else None (T = L, or the
+    number of codons in hierarchical mode)."""
+
+    logits: torch.Tensor
+    attentions: tuple[torch.Tensor, ...] | None
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed sinusoidal encodings. Parameter-free on purpose: Opacus refuses a trainable module
+    that owns a buffer, so the buffer lives here alone."""
+
+    def __init__(self, max_len: int, d_model: int):
+        super().__init__()
+        position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)  # [max_len, 1]
+        inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+        table = torch.zeros(max_len, d_model)
+        table[:, 0::2] = torch.sin(position * inv_freq)
+        table[:, 1::2] = torch.cos(position * inv_freq[: d_model // 2])
+        self.register_buffer("table", table, persistent=False)
+
+    def forward(self, length: int) -> torch.Tensor:
+        if length > self.table.shape[0]:
+            raise ValueError(f"sequence length {length} exceeds model.max_len {self.table.shape[0]}")
+        return self.table[:length]  # [L, D]
+
+
+class GenomicEmbedding(nn.Module):
+    """Token embedding + positions, optionally + reading frame and epigenetic tracks."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.scale = math.sqrt(config.d_model)
+        self.tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.positions = SinusoidalPositions(config.max_len, config.d_model)
+        self.codon_phase = nn.Embedding(3, config.d_model) if config.codon_phase else None
+        self.tracks = None
+        if config.epigenetic_tracks:
+            self.tracks = nn.Sequential(
+                nn.Linear(config.epigenetic_tracks, config.d_model), nn.GELU(),
+                nn.Linear(config.d_model, config.d_model))
+
+    def forward(self, tokens: torch.Tensor, tracks: torch.Tensor | None) -> torch.Tensor:
+        batch, length = tokens.shape
+        x = self.tokens(tokens) * self.scale + self.positions(length)  # [B, L, D]
+        if self.codon_phase is not None:
+            phase = (torch.arange(length, device=tokens.device) % 3).expand(batch, length)  # [B, L]
+            x = x + self.codon_phase(phase)
+        if self.tracks is not None:
+            if tracks is None or tracks.shape[:2] != tokens.shape:
+                got = None if tracks is None else tuple(tracks.shape)
+                raise ValueError(f"model expects epigenetic tracks [B, L, E] = [{batch}, {length}, E], got {got}")
+            x = x + self.tracks(tracks.to(x.dtype))
+        elif tracks is not None:
+            raise ValueError("tracks given but model.epigenetic_tracks is 0")
+        return x
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention from four nn.Linear; padding keys are masked out."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.q = nn.Linear(config.d_model, config.d_model)
+        self.k = nn.Linear(config.d_model, config.d_model)
+        self.v = nn.Linear(config.d_model, config.d_model)
+        self.o = nn.Linear(config.d_model, config.d_model)
+        self.dropout = config.dropout
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, d_model = x.shape
+        return x.view(batch, length, self.n_heads, d_model // self.n_heads).transpose(1, 2)  # [B, H, L, Dh]
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, need_weights: bool):
+        q, k, v = self._split_heads(self.q(x)), self._split_heads(self.k(x)), self._split_heads(self.v(x))
+        allowed = key_mask[:, None, None, :]  # [B, 1, 1, L], True on real keys
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # [B, H, L, L]
+            weights = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+            context = F.dropout(weights, p=dropout, training=self.training) @ v  # [B, H, L, Dh]
+        else:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+        batch, _, length, _ = context.shape
+        context = context.transpose(1, 2).reshape(batch, length, -1)  # [B, L, D]
+        return self.o(context), weights
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (pre-norm keeps noisy DP-SGD updates stable)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.d_model)
+        self.attention = SelfAttention(config)
+        self.norm2 = nn.LayerNorm(config.d_model)
+        self.feed_forward = nn.Sequential(
+            nn.Linear(config.d_model, config.d_ff), nn.GELU(), nn.Dropout(config.dropout),
+            nn.Linear(config.d_ff, config.d_model))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, need_weights: bool):
+        attended, weights = self.attention(self.norm1(x), key_mask, need_weights)
+        x = x + self.dropout(attended)
+        x = x + self.dropout(self.feed_forward(self.norm2(x)))
+        return x, weights
+
+
+class CodonMixer(nn.Module):
+    """Hierarchical mode: bases -> codon tokens (3 bases mixed by one Linear) and back.
+
+    The global transformer then attends over L/3 codons: a ninth of the attention cost."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.mix = nn.Linear(3 * config.d_model, config.d_model)
+        self.unmix = nn.Linear(config.d_model, 3 * config.d_model)
+
+    def to_codons(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, length, d_model = x.shape
+        pad = (-length) % 3
+        x = F.pad(x * mask.unsqueeze(-1).to(x.dtype), (0, 0, 0, pad))  # [B, 3C, D], padding zeroed
+        codon_mask = F.pad(mask, (0, pad)).view(batch, -1, 3).any(dim=-1)  # [B, C]
+        return self.mix(x.reshape(batch, -1, 3 * d_model)), codon_mask  # [B, C, D]
+
+    def to_bases(self, codons: torch.Tensor, length: int) -> torch.Tensor:
+        batch, n_codons, d_model = codons.shape
+        return self.unmix(codons).view(batch, 3 * n_codons, d_model)[:, :length]  # [B, L, D]
+
+
+class SequenceHead(nn.Module):
+    """Masked mean over real bases -> MLP -> class logits [B, C]."""
+
+    def __init__(self, d_model: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(d_model, d_model // 2), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(d_model // 2, num_classes))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.unsqueeze(-1).to(x.dtype)  # [B, L, 1]
+        pooled = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # [B, D]
+        return self.mlp(pooled)
+
+
+class PositionHead(nn.Module):
+    """Per-base MLP -> class logits [B, L, C]."""
+
+    def __init__(self, d_model: int, num_classes: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(d_model, d_model // 2), nn.GELU(), nn.Linear(d_model // 2, num_classes))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x)
+
+
+class GenomicTransformer(nn.Module):
+    """One backbone shared by every institution and task, one head per task."""
+
+    def __init__(self, config: ModelConfig, tasks: tuple[str, ...] = TASK_NAMES):
+        super().__init__()
+        if not tasks:
+            raise ModelConfigError("tasks: expected at least one task")
+        self.config = config
+        self.tasks = tuple(get_task(t).name for t in tasks)
+        self.embedding = GenomicEmbedding(config)
+        self.codons = CodonMixer(config) if config.hierarchical else None
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = nn.LayerNorm(config.d_model)
+        self.heads = nn.ModuleDict({t: self._make_head(t) for t in self.tasks})
+
+    def _make_head(self, task: str) -> nn.Module:
+        spec, cfg = get_task(task), self.config
+        if spec.per_position:
+            return PositionHead(cfg.d_model, spec.num_classes)
+        return SequenceHead(cfg.d_model, spec.num_classes, cfg.dropout)
+
+    def forward(self, tokens: torch.Tensor, task: str, return_attention: bool = False,
+                tracks: torch.Tensor | None = None) -> ModelOutput:
+        if task not in self.heads:
+            raise ValueError(f"task {task!r} has no head in this model; heads: {', '.join(self.tasks)}")
+        mask = tokens != PAD_ID  # [B, L]
+        x = self.embedding(tokens, tracks)  # [B, L, D]
+        base_embedding = x
+        key_mask = mask
+        if self.codons is not None:
+            x, key_mask = self.codons.to_codons(x, mask)  # [B, C, D], [B, C]
+        attentions = []
+        for block in self.blocks:
+            x, weights = block(x, key_mask, return_attention)
+            attentions.append(weights)
+        if self.codons is not None:
+            x = self.codons.to_bases(x, tokens.shape[1]) + base_embedding  # back to [B, L, D]
+        logits = self.heads[task](self.norm(x), mask)
+        return ModelOutput(logits, tuple(attentions) if return_attention else None)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def head_of(parameter_name: str) -> str | None:
+    """The task whose head owns a parameter (``heads.<task>.…``), or None for the shared backbone."""
+    if parameter_name.startswith(HEAD_PREFIX):
+        return parameter_name[len(HEAD_PREFIX):].split(".", 1)[0]
+    return None
+
+
+def parameters_for_task(model: GenomicTransformer, task: str) -> list[nn.Parameter]:
+    """Backbone + this task's head: what one task's DP-SGD step updates (other heads get no
+    gradient, and Opacus' optimizer refuses parameters without per-sample gradients)."""
+    return [p for name, p in model.named_parameters() if head_of(name) in (None, task)]

@@ -1,0 +1,96 @@
+import pytest
+
+from common.config import (ConfigError, InstitutionConfig, PrivacyConfig, TrainingConfig, load_config,
+                           model_config_from, parse_config)
+from common.model import ModelConfig
+from common.tasks import TASK_NAMES
+
+GOOD_INSTITUTION = {"name": "oslo-uh", "species": "human", "tasks": ["promoter", "splice"],
+                    "privacy": {"epsilon": 4.0, "delta": 1e-5, "planned_rounds": 5}}
+
+
+def write(tmp_path, text, name="institution.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_good_institution_config_loads(tmp_path):
+    path = write(tmp_path, "name: oslo-uh\nspecies: human\ntasks: [promoter, splice]\n"
+                           "privacy: {epsilon: 4, planned_rounds: 5}\n")
+    config = load_config(path, InstitutionConfig)
+    assert config.tasks == ("promoter", "splice")
+    assert config.privacy.epsilon == 4.0 and config.privacy.accountant == "rdp"
+
+
+@pytest.mark.parametrize("change, key_path, message", [
+    ({"nmae": "x"}, "nmae", "unknown key"),
+    ({"species": "zebrafish"}, "species", "Input should be"),
+    ({"tasks": ["promoter", "histone"]}, "tasks.1", "Input should be"),
+    ({"tasks": []}, "tasks", "at least 1"),
+    ({"tasks": ["splice", "splice"]}, "tasks", "duplicate task"),
+    ({"name": "Oslo UH!"}, "name", "should match pattern"),
+    ({"device": "tpu"}, "device", "should match pattern"),
+    ({"privacy": {"epsilon": -1, "planned_rounds": 5}}, "privacy.epsilon", "greater than 0"),
+    ({"privacy": {"delta": 1.5, "planned_rounds": 5}}, "privacy.delta", "less than 1"),
+    ({"privacy": {"epsilon": 3}}, "privacy", "exactly one of noise_multiplier or planned_rounds"),
+    ({"privacy": {"noise_multiplier": 1.0, "planned_rounds": 3}}, "privacy", "exactly one of"),
+    ({"privacy": {"accountant": "gdp", "planned_rounds": 3}}, "privacy.accountant", "Input should be"),
+    ({"privacy": {"planned_rounds": 3, "max_grad_norm": 0}}, "privacy.max_grad_norm", "greater than 0"),
+    ({"training": {"learning_rate": "fast"}}, "training.learning_rate", "valid number"),
+    ({"training": {"batch_size": 0}}, "training.batch_size", "greater than or equal to 1"),
+    ({"training": {"epochs": 2}}, "training.epochs", "unknown key"),
+])
+def test_bad_institution_config_names_file_and_key_path(tmp_path, change, key_path, message):
+    import yaml
+
+    path = write(tmp_path, yaml.safe_dump({**GOOD_INSTITUTION, **change}))
+    with pytest.raises(ConfigError, match=rf"institution\.yaml: {key_path}: .*{message}"):
+        load_config(path, InstitutionConfig)
+
+
+@pytest.mark.parametrize("values, key_path, message", [
+    ({"d_model": 30, "n_heads": 4}, "model", "not divisible"),
+    ({"d_modle": 32}, "model.d_modle", "unknown key"),
+    ({"dropout": "high"}, "model.dropout", "valid number"),
+    ({"n_layers": 0}, "model", "model.n_layers: expected a positive integer"),
+])
+def test_bad_model_section(values, key_path, message):
+    with pytest.raises(ConfigError, match=rf"demo\.yaml: {key_path}: .*{message}"):
+        model_config_from(values, source="demo.yaml")
+
+
+def test_model_section_builds_a_model_config():
+    assert model_config_from({"d_model": 64, "n_heads": 4}) == ModelConfig(d_model=64, n_heads=4)
+
+
+def test_missing_file_empty_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="nothere.yaml: cannot read config file"):
+        load_config(tmp_path / "nothere.yaml", InstitutionConfig)
+    with pytest.raises(ConfigError, match="empty.yaml: empty config file"):
+        load_config(write(tmp_path, "", "empty.yaml"), InstitutionConfig)
+    with pytest.raises(ConfigError, match=r"bad.yaml: line 2: not valid YAML"):
+        load_config(write(tmp_path, "name: a\n  species: [human\n", "bad.yaml"), InstitutionConfig)
+    with pytest.raises(ConfigError, match="list.yaml: expected a mapping"):
+        load_config(write(tmp_path, "- a\n- b\n", "list.yaml"), InstitutionConfig)
+
+
+def test_missing_required_key_is_named():
+    with pytest.raises(ConfigError, match="x.yaml: species: Field required"):
+        parse_config({"name": "a", "tasks": ["coding"]}, InstitutionConfig, source="x.yaml")
+
+
+def test_configs_are_immutable():
+    config = TrainingConfig()
+    with pytest.raises(Exception, match="frozen"):
+        config.learning_rate = 1.0  # type: ignore[misc]
+
+
+def test_disabled_privacy_needs_no_noise_setting():
+    assert PrivacyConfig(enabled=False).noise_multiplier is None
+
+
+def test_task_literal_matches_the_registry():
+    from common.config import TaskName
+
+    assert set(TaskName.__args__) == set(TASK_NAMES)
