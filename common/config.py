@@ -43,6 +43,7 @@ class TrainingConfig(StrictModel):
     optimizer: Literal["adam", "sgd"] = "adam"
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     max_len: int = Field(512, ge=1)  # longest sequence accepted from data
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast applies on CUDA only
     seed: int = 0
 
 
