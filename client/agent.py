@@ -1,0 +1,124 @@
+"""The institution agent's logic between Flower and the trainer: budget gate, DP training,
+ledger, evaluation. Plain Python; ``client/app.py`` only moves messages in and out of it."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from client.institution import load_institution_data
+from client.ledger import PrivacyLedger
+from client.trainer import (RoundResult, planned_segments, resolve_device, seed_everything, state_dict_cpu,
+                            train_round)
+from common.config import InstitutionConfig, TrainingConfig
+from common.data.dataset import GenomicDataset
+from common.evaluation import evaluate
+from common.model import GenomicTransformer
+
+log = logging.getLogger(__name__)
+
+TRAINED, REFUSED = "trained", "refused"
+
+
+@dataclass
+class TrainOutcome:
+    """What an institution reports after a round: weights only when it trained."""
+
+    status: str  # TRAINED or REFUSED (budget exhausted) — a failure is an exception, not a status
+    epsilon: float  # cumulative epsilon after this round (or now, when refused)
+    delta: float
+    budget: float
+    examples: dict[str, int] = field(default_factory=dict)
+    losses: dict[str, float] = field(default_factory=dict)
+    noise_multiplier: float = 0.0
+    weights: dict[str, torch.Tensor] | None = None
+    reason: str = ""
+
+
+class InstitutionAgent:
+    """One institution: its config, data, ledger and device. Loads data once and keeps it."""
+
+    def __init__(self, config: InstitutionConfig, *, federation_training: TrainingConfig | None = None):
+        self.config = config
+        self.training = config.training or federation_training or TrainingConfig()
+        self.device = resolve_device(config.device)
+        self._data: dict[str, dict[str, GenomicDataset]] = {}
+        self.ledger = self._open_ledger() if config.privacy.enabled else None
+
+    def _open_ledger(self) -> PrivacyLedger:
+        privacy = self.config.privacy
+        return PrivacyLedger.open(self.config.state_dir, institution=self.config.name,
+                                  budget_epsilon=privacy.epsilon, delta=privacy.delta,
+                                  accountant=privacy.accountant)
+
+    def data(self, split: str) -> dict[str, GenomicDataset]:
+        if split not in self._data:
+            self._data[split] = load_institution_data(self.config, split=split, max_len=self.training.max_len)
+            if split == "train":
+                self._check_delta(self._data[split])
+        return self._data[split]
+
+    def _check_delta(self, train: dict[str, GenomicDataset]) -> None:
+        records = sum(len(d) for d in train.values())
+        delta = self.config.privacy.delta
+        if self.config.privacy.enabled and delta >= 1.0 / records:
+            raise ValueError(f"institution {self.config.name}: privacy.delta {delta:g} must be below "
+                             f"1/records = 1/{records}; a delta that large can reveal whole records")
+
+    def noise_multiplier(self, train: dict[str, GenomicDataset]) -> float:
+        """The fixed sigma, or the sigma that lets the planned rounds still to come fit the budget."""
+        privacy = self.config.privacy
+        if privacy.noise_multiplier is not None:
+            return privacy.noise_multiplier
+        done = len(self.ledger.rounds)
+        remaining = max(privacy.planned_rounds - done, 1)
+        shape = [(q, steps) for _, q, steps in planned_segments(train, self.training, 1.0)]
+        return self.ledger.plan_noise_multiplier(round_shape=shape, rounds=remaining)
+
+    def train(self, model: GenomicTransformer, *, run_id: str, server_round: int) -> TrainOutcome:
+        """Train one round on every task held, unless its steps would pass the budget."""
+        train = self.data("train")
+        seed_everything(self.training.seed + 1009 * server_round)
+        if self.ledger is None:
+            result = self._run(model, train, dp=False, sigma=0.0)
+            return self._outcome(TRAINED, result, math.inf, 0.0, math.inf, model)
+        privacy = self.config.privacy
+        sigma = self.noise_multiplier(train)
+        planned = planned_segments(train, self.training, sigma)
+        check = self.ledger.check_budget(segments=planned)
+        if not check.allowed:
+            log.warning("%s: budget exhausted (epsilon %.3f of %.3f; this round would reach %.3f)",
+                        self.config.name, check.current, privacy.epsilon, check.projected)
+            return TrainOutcome(REFUSED, check.current, privacy.delta, privacy.epsilon,
+                                reason=f"budget exhausted: epsilon {check.current:.4f} of {privacy.epsilon:g}, "
+                                       f"next round would reach {check.projected:.4f}")
+        result = self._run(model, train, dp=True, sigma=sigma)
+        self.ledger.record_round(run_id=run_id, round=server_round, segments=result.segments)
+        return self._outcome(TRAINED, result, self.ledger.epsilon(), privacy.delta, privacy.epsilon, model,
+                             sigma)
+
+    def _run(self, model: GenomicTransformer, train: dict[str, GenomicDataset], *, dp: bool,
+             sigma: float) -> RoundResult:
+        privacy = self.config.privacy
+        return train_round(model, train, training=self.training, dp=dp, noise_multiplier=sigma,
+                           max_grad_norm=privacy.max_grad_norm, accountant=privacy.accountant,
+                           device=self.device)
+
+    def _outcome(self, status, result, epsilon, delta, budget, model, sigma=0.0) -> TrainOutcome:
+        return TrainOutcome(status, epsilon, delta, budget,
+                            examples={t: r.examples for t, r in result.tasks.items()},
+                            losses={t: r.mean_loss for t, r in result.tasks.items()},
+                            noise_multiplier=sigma, weights=state_dict_cpu(model))
+
+    def evaluate(self, model: GenomicTransformer, *, split: str = "test") -> dict[str, dict]:
+        """Metrics per task on the institution's own held-out split (aggregates only)."""
+        model.to(self.device)
+        return {task: evaluate(model, data, device=self.device)
+                for task, data in self.data(split).items()}
+
+    def epsilon(self) -> float:
+        return self.ledger.epsilon() if self.ledger else math.inf
+

@@ -1,0 +1,102 @@
+"""The institution's Flower ClientApp: decode the message, call the agent, encode the reply.
+
+Where the institution's config comes from:
+- deployment: the SuperNode's node config, ``--node-config 'institution="/path/inst.yaml"'``;
+- simulation: the run config's ``config-file`` (a federation file listing institutions inline)
+  and the node's ``partition-id``, with data and state under the run's output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.agent import REFUSED, InstitutionAgent, TrainOutcome
+from client.institution import institution_from_federation, load_institution
+from common import protocol as p
+from common.config import TrainingConfig, parse_config
+from common.model import GenomicTransformer, ModelConfig
+from common.runconfig import resolve_run_paths
+
+log = logging.getLogger(__name__)
+app = ClientApp()
+
+# One agent per institution per process: simulation reuses the process across rounds, so data is
+# read and the ledger opened once; deployment starts a process per message and opens them again.
+_AGENTS: dict[tuple, InstitutionAgent] = {}
+
+
+def agent_for(context: Context, training: TrainingConfig) -> InstitutionAgent:
+    node = context.node_config
+    if "institution" in node:
+        key = ("file", str(node["institution"]))
+        make = lambda: InstitutionAgent(load_institution(node["institution"]), federation_training=training)  # noqa: E731
+    else:
+        config_file, out_dir = resolve_run_paths(context.run_config)
+        index = int(node["partition-id"])
+        key = ("sim", str(config_file), str(out_dir), index)
+
+        def make() -> InstitutionAgent:
+            institution = institution_from_federation(config_file, index, data_root=out_dir / "data",
+                                                      state_root=out_dir / "state")
+            return InstitutionAgent(institution, federation_training=training)
+    if key not in _AGENTS:
+        torch.set_num_threads(max(1, int(os.environ.get("HELIXFED_CLIENT_THREADS", "1"))))
+        _AGENTS[key] = make()
+    return _AGENTS[key]
+
+
+def model_from(msg: Message) -> GenomicTransformer:
+    config = msg.content[p.CONFIG]
+    model_config = ModelConfig.from_dict(json.loads(str(config[p.MODEL_CONFIG])))
+    model = GenomicTransformer(model_config, tasks=tuple(json.loads(str(config[p.TASKS]))))
+    model.load_state_dict(msg.content[p.ARRAYS].to_torch_state_dict(), strict=True)
+    return model
+
+
+def training_from(msg: Message) -> TrainingConfig:
+    raw = msg.content[p.CONFIG].get(p.TRAINING)
+    return parse_config(json.loads(str(raw)), TrainingConfig, source="server training config") if raw \
+        else TrainingConfig()
+
+
+def meta(agent: InstitutionAgent, status: str, reason: str = "") -> ConfigRecord:
+    return ConfigRecord({p.INSTITUTION: agent.config.name, p.SPECIES: agent.config.species,
+                         p.STATUS: status, p.REASON: reason})
+
+
+def encode_outcome(agent: InstitutionAgent, outcome: TrainOutcome) -> RecordDict:
+    numbers = {p.NUM_EXAMPLES: sum(outcome.examples.values()), p.EPSILON: outcome.epsilon,
+               p.DELTA: outcome.delta, p.BUDGET: outcome.budget, p.REFUSED: float(outcome.status == REFUSED),
+               p.NOISE_MULTIPLIER: outcome.noise_multiplier}
+    per_task = {t: {p.NUM_EXAMPLES: n, p.LOSS: outcome.losses.get(t, float("nan"))}
+                for t, n in outcome.examples.items()}
+    record = RecordDict({p.METRICS: MetricRecord({**numbers, **p.flatten_task_metrics(per_task)}),
+                         p.META: meta(agent, outcome.status, outcome.reason)})
+    if outcome.weights is not None:
+        record[p.ARRAYS] = ArrayRecord(outcome.weights)
+    return record
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    agent = agent_for(context, training_from(msg))
+    model = model_from(msg)
+    outcome = agent.train(model, run_id=str(context.run_id),
+                          server_round=int(msg.content[p.CONFIG][p.SERVER_ROUND]))
+    return Message(encode_outcome(agent, outcome), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    agent = agent_for(context, training_from(msg))
+    per_task = agent.evaluate(model_from(msg))
+    examples = sum(int(m[p.NUM_EXAMPLES]) for m in per_task.values())
+    metrics = MetricRecord({p.NUM_EXAMPLES: examples, p.EPSILON: agent.epsilon(),
+                            **p.flatten_task_metrics(per_task)})
+    return Message(RecordDict({p.METRICS: metrics, p.META: meta(agent, "evaluated")}), reply_to=msg)

@@ -1,0 +1,133 @@
+"""Model checkpoints on disk: weights + model config + tasks + free-form JSON state.
+
+A checkpoint is a directory holding ``weights.pt`` (a plain tensor dict, loaded with
+``weights_only=True`` so nothing is ever unpickled) and ``checkpoint.json`` (format version,
+model config, tasks, round, the weights' sha256, and whatever state the writer adds). It is
+written to a temporary sibling directory, fsynced and renamed into place, so a crash leaves the
+previous checkpoint or the new one, never half of one. Loading refuses an architecture mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from common.model import GenomicTransformer, ModelConfig, ModelConfigError
+
+FORMAT = "helixfed-checkpoint"
+VERSION = 1
+WEIGHTS_FILE = "weights.pt"
+META_FILE = "checkpoint.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt or does not fit the model; names the path."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    model_config: ModelConfig
+    tasks: tuple[str, ...]
+    round: int
+    state: dict
+    weights: dict[str, torch.Tensor]
+
+    def build_model(self) -> GenomicTransformer:
+        """The model with these weights, in eval mode."""
+        model = GenomicTransformer(self.model_config, tasks=self.tasks)
+        try:
+            model.load_state_dict(self.weights, strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(f"{self.path}: weights do not fit the model config: {err}") from err
+        return model.eval()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str | Path, *, weights: dict[str, torch.Tensor], model_config: ModelConfig,
+                    tasks: tuple[str, ...], round: int, state: dict | None = None) -> Path:
+    """Write a checkpoint directory atomically (replacing an existing one at ``path``)."""
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in weights.items()}, staging / WEIGHTS_FILE)
+    meta = {"format": FORMAT, "version": VERSION, "model": model_config.to_dict(), "tasks": list(tasks),
+            "round": int(round), "weights_sha256": _sha256(staging / WEIGHTS_FILE), "state": state or {}}
+    (staging / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True, allow_nan=True))
+    for name in (WEIGHTS_FILE, META_FILE):
+        _fsync_file(staging / name)
+    _fsync_dir(staging)
+    if path.exists():  # rename the old one away first: os.replace cannot replace a non-empty dir
+        retired = path.with_name(f".{path.name}.old-{os.getpid()}")
+        shutil.rmtree(retired, ignore_errors=True)
+        path.rename(retired)
+        staging.rename(path)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        staging.rename(path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and verify a checkpoint directory.
+
+    Raises:
+        CheckpointError: missing files, unreadable or mismatched metadata, a weights file whose
+            checksum does not match, or a model config that cannot build a model.
+    """
+    path = Path(path)
+    meta_path, weights_path = path / META_FILE, path / WEIGHTS_FILE
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise CheckpointError(f"{path}: not a checkpoint (expected {META_FILE} and {WEIGHTS_FILE})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{meta_path}: unreadable checkpoint metadata: {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise CheckpointError(f"{meta_path}: not a {FORMAT} version {VERSION} file")
+    if _sha256(weights_path) != meta.get("weights_sha256"):
+        raise CheckpointError(f"{weights_path}: checksum mismatch (file corrupt or replaced)")
+    try:
+        model_config = ModelConfig.from_dict(meta["model"])
+        weights = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except (KeyError, TypeError, ModelConfigError) as err:
+        raise CheckpointError(f"{meta_path}: bad model config: {err}") from err
+    except Exception as err:  # torch raises several types for a damaged or unsafe pickle
+        raise CheckpointError(f"{weights_path}: cannot load weights: {err}") from err
+    return Checkpoint(path, model_config, tuple(meta["tasks"]), int(meta["round"]), meta.get("state", {}),
+                      weights)
+
+
+def load_model(path: str | Path) -> tuple[GenomicTransformer, Checkpoint]:
+    """A ready-to-use model (eval mode) from a checkpoint directory."""
+    checkpoint = load_checkpoint(path)
+    return checkpoint.build_model(), checkpoint

@@ -1,0 +1,154 @@
+"""The run's human-readable results: ``report.md`` and ``plots/*.png`` from ``metrics.jsonl``.
+
+The classic baseline column is a k-mer logistic regression, 2-fold cross-validated on the
+server's own central evaluation set (the server never sees institution data), per task and species.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from common.baselines import run_baseline  # noqa: E402
+from common.data.dataset import GenomicDataset, Record  # noqa: E402
+from common.tasks import get_task  # noqa: E402
+
+log = logging.getLogger(__name__)
+REPORT_FILE = "report.md"
+PLOTS_DIR = "plots"
+
+
+def _subset(dataset: GenomicDataset, rows: list[int]) -> GenomicDataset:
+    records = [Record(dataset.ids[i], dataset.sequences[i], dataset.labels[i].numpy() if dataset.task.per_position
+                      else int(dataset.labels[i]), dataset.species[i]) for i in rows]
+    return GenomicDataset(records, task=dataset.task.name, source=dataset.source)
+
+
+def cross_validated_baseline(dataset: GenomicDataset, *, seed: int = 0) -> float | None:
+    """Headline metric of the k-mer baseline, mean over 2 folds; None if it cannot be fitted."""
+    task = dataset.task
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    folds = [order[: len(order) // 2].tolist(), order[len(order) // 2:].tolist()]
+    scores = []
+    for train_rows, test_rows in (folds, folds[::-1]):
+        try:
+            metrics = run_baseline(_subset(dataset, train_rows), _subset(dataset, test_rows), task=task.name,
+                                   method="kmer", seed=seed)
+        except ValueError as err:  # e.g. a fold with a single class
+            log.warning("baseline for %s skipped: %s", task.name, err)
+            return None
+        scores.append(metrics[task.headline_metric])
+    return float(np.mean(scores))
+
+
+def baselines(central: dict[str, GenomicDataset]) -> dict[str, dict[str, float | None]]:
+    """task -> {"all": score, <species>: score}."""
+    table: dict[str, dict[str, float | None]] = {}
+    for task, dataset in central.items():
+        table[task] = {"all": cross_validated_baseline(dataset)}
+        for species in sorted({s for s in dataset.species if s}):
+            rows = [i for i, s in enumerate(dataset.species) if s == species]
+            table[task][species] = cross_validated_baseline(_subset(dataset, rows))
+    return table
+
+
+def _fmt(value) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def results_table(history: list[dict], baseline: dict | None = None) -> list[str]:
+    """Markdown rows: task x species, headline metric at round 0 and at the last round."""
+    first, last = history[0]["central"], history[-1]["central"]
+    lines = ["| task | species | metric | round 0 | round " + str(history[-1]["round"]) + " | k-mer baseline |",
+             "|---|---|---|---|---|---|"]
+    for task in last:
+        metric = get_task(task).headline_metric
+        rows = [("all", first.get(task, {}), last[task])]
+        rows += [(s, first.get(task, {}).get("species", {}).get(s, {}), m)
+                 for s, m in last[task].get("species", {}).items()]
+        for species, before, after in rows:
+            base = (baseline or {}).get(task, {}).get(species)
+            lines.append(f"| {task} | {species} | {metric} | {_fmt(before.get(metric))} | "
+                         f"{_fmt(after.get(metric))} | {_fmt(base)} |")
+    return lines
+
+
+def privacy_table(history: list[dict]) -> list[str]:
+    spent: dict[str, dict] = {}
+    for line in history:
+        for name, info in line.get("institutions", {}).items():
+            entry = spent.setdefault(name, {"species": info.get("species"), "rounds": 0, "refused": 0})
+            entry["rounds"] += info.get("status") == "trained"
+            entry["refused"] += info.get("status") == "refused"
+            if info.get("epsilon") is not None:
+                entry.update(epsilon=info["epsilon"], budget=info.get("budget"), delta=info.get("delta"))
+    lines = ["| institution | species | rounds trained | refused | epsilon spent | budget | delta |",
+             "|---|---|---|---|---|---|---|"]
+    for name, e in sorted(spent.items()):
+        lines.append(f"| {name} | {e['species']} | {e['rounds']} | {e['refused']} | {_fmt(e.get('epsilon'))} | "
+                     f"{_fmt(e.get('budget'))} | {e.get('delta', '–')} |")
+    return lines
+
+
+def plot_metrics(history: list[dict], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    tasks = list(history[-1]["central"])
+    for task in tasks:
+        metric = get_task(task).headline_metric
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        rounds = [line["round"] for line in history]
+        ax.plot(rounds, [line["central"].get(task, {}).get(metric) for line in history], "o-", label="all")
+        for species in history[-1]["central"][task].get("species", {}):
+            ax.plot(rounds, [line["central"].get(task, {}).get("species", {}).get(species, {}).get(metric)
+                             for line in history], ".--", label=species, alpha=0.7)
+        ax.set(xlabel="round", ylabel=metric, title=f"{task}: central {metric}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out / f"{task}.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    paths.append(_plot_epsilon(history, out))
+    return paths
+
+
+def _plot_epsilon(history: list[dict], out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = sorted({n for line in history for n in line.get("institutions", {})})
+    for name in names:
+        points = [(line["round"], line["institutions"][name].get("epsilon")) for line in history
+                  if name in line.get("institutions", {})]
+        points = [(r, e) for r, e in points if e is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), "o-", label=name)
+    ax.set(xlabel="round", ylabel="cumulative epsilon", title="privacy spent per institution")
+    if names:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "epsilon.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(out_dir: Path, history: list[dict], config, *, central: dict | None = None) -> Path:
+    """Write report.md and the plots; returns the report's path."""
+    baseline = baselines(central) if central and config.central_evaluation.baselines else None
+    plots = plot_metrics(history, out_dir / PLOTS_DIR)
+    lines = [f"# helixfed run `{config.name}`", "",
+             f"{history[-1]['round']} rounds, aggregation `{config.aggregation.mode}`, tasks "
+             f"{', '.join(config.tasks)}. Central evaluation on the server's held-out set; "
+             "the baseline is a k-mer (k<=6) logistic regression, 2-fold cross-validated on that set.", "",
+             "## Results (headline metric per task and species)", "", *results_table(history, baseline), "",
+             "## Privacy spent", "", *privacy_table(history), "", "## Plots", ""]
+    lines += [f"![{p.stem}]({PLOTS_DIR}/{p.name})" for p in plots]
+    path = out_dir / REPORT_FILE
+    path.write_text("\n".join(lines) + "\n")
+    return path

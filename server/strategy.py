@@ -1,0 +1,168 @@
+"""The Flower strategy: FedAvg's sampling and messaging, DESIGN.md's aggregation.
+
+Every train reply is sorted into exactly one of: trained and accepted, refused (the institution's
+budget is exhausted — recorded, not a failure), rejected (failed validation — logged with the
+institution and the reason, never averaged), or failed (an error reply). Fewer accepted updates
+than ``min_train_institutions`` is an error, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import FedAvg
+
+from common import protocol as p
+from common.model import head_of
+from server.aggregation import AggregationError, Update, UpdateRejected, aggregate, validate_update
+from server.config import AggregationSection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InstitutionReport:
+    """One institution's part in one round, as metrics.jsonl and the audit log record it."""
+
+    node_id: int
+    institution: str
+    species: str
+    status: str  # trained | refused | rejected | failed
+    examples: dict[str, int] = field(default_factory=dict)
+    epsilon: float | None = None
+    delta: float | None = None
+    budget: float | None = None
+    loss: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+
+
+@dataclass
+class RoundRecord:
+    train: list[InstitutionReport] = field(default_factory=list)
+    evaluate: dict[str, dict[str, float]] = field(default_factory=dict)  # federated: task -> metrics
+    aggregation: dict[str, dict[str, float]] = field(default_factory=dict)  # group -> institution -> w
+
+
+def _meta(msg: Message) -> tuple[str, str, str, str]:
+    meta = msg.content.get(p.META)
+    if meta is None:
+        return f"node-{msg.metadata.src_node_id}", "unknown", "", ""
+    return (str(meta.get(p.INSTITUTION, f"node-{msg.metadata.src_node_id}")), str(meta.get(p.SPECIES, "unknown")),
+            str(meta.get(p.STATUS, "")), str(meta.get(p.REASON, "")))
+
+
+def _float(metrics: MetricRecord, key: str) -> float | None:
+    value = metrics.get(key)
+    return None if value is None else float(value)
+
+
+class SpeciesFedAvg(FedAvg):
+    """Species-balanced, per-head FedAvg with validation of every update.
+
+    ``reference`` is the current global model (set by :meth:`aggregate_train`'s caller through
+    :meth:`set_global`); updates are checked against its names, shapes and dtypes.
+    """
+
+    def __init__(self, *, aggregation: AggregationSection, min_train_institutions: int, **fedavg_args):
+        super().__init__(**fedavg_args)
+        self.aggregation = aggregation
+        self.min_train_institutions = min_train_institutions
+        self.global_weights: dict[str, np.ndarray] = {}
+        self.rounds: dict[int, RoundRecord] = {}
+
+    def set_global(self, arrays: ArrayRecord) -> None:
+        self.global_weights = {k: v.numpy() for k, v in arrays.to_torch_state_dict().items()}
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        record = self.rounds.setdefault(server_round, RoundRecord())
+        updates = []
+        for msg in replies:
+            report, update = self._sort_reply(msg)
+            record.train.append(report)
+            if update is not None:
+                updates.append(update)
+        if len(updates) < self.min_train_institutions:
+            summary = ", ".join(f"{r.institution}: {r.status}{' (' + r.reason + ')' if r.reason else ''}"
+                                for r in record.train) or "no replies"
+            raise AggregationError(f"round {server_round}: {len(updates)} usable updates, at least "
+                                   f"{self.min_train_institutions} needed ({summary})")
+        weights, agg = aggregate(updates, self.global_weights, mode=self.aggregation.mode,
+                                 species_weights=self.aggregation.species_weights)
+        record.aggregation = agg.weights
+        arrays = ArrayRecord({k: _to_torch(v) for k, v in weights.items()})
+        self.set_global(arrays)
+        examples = sum(u.total_examples for u in updates)
+        return arrays, MetricRecord({p.NUM_EXAMPLES: examples, "accepted": len(updates)})
+
+    def _sort_reply(self, msg: Message) -> tuple[InstitutionReport, Update | None]:
+        if msg.has_error():
+            name = f"node-{msg.metadata.src_node_id}"
+            log.warning("round reply from %s failed: %s", name, msg.error.reason)
+            return InstitutionReport(msg.metadata.src_node_id, name, "unknown", "failed",
+                                     reason=str(msg.error.reason)), None
+        institution, species, status, reason = _meta(msg)
+        metrics = msg.content.get(p.METRICS) or MetricRecord({})
+        per_task = p.unflatten_task_metrics(metrics)
+        report = InstitutionReport(
+            msg.metadata.src_node_id, institution, species, status,
+            examples={t: int(m.get(p.NUM_EXAMPLES, 0)) for t, m in per_task.items()},
+            epsilon=_float(metrics, p.EPSILON), delta=_float(metrics, p.DELTA), budget=_float(metrics, p.BUDGET),
+            loss={t: m[p.LOSS] for t, m in per_task.items() if p.LOSS in m}, reason=reason)
+        if status == "refused":
+            log.info("%s refused to train: %s", institution, reason)
+            return report, None
+        try:
+            update = self._update_from(msg, report)
+        except UpdateRejected as err:
+            log.warning("rejected the update of %s: %s", institution, err)
+            report.status, report.reason = "rejected", str(err)
+            return report, None
+        return report, update
+
+    def _update_from(self, msg: Message, report: InstitutionReport) -> Update:
+        if report.status != "trained":
+            raise UpdateRejected(f"{report.institution}: unexpected status {report.status!r}")
+        arrays = msg.content.get(p.ARRAYS)
+        if arrays is None:
+            raise UpdateRejected(f"{report.institution}: reply holds no weights")
+        if not report.examples or min(report.examples.values()) < 0:
+            raise UpdateRejected(f"{report.institution}: no per-task example counts")
+        unknown = sorted(set(report.examples) - {head_of(n) for n in self.global_weights} - {None})
+        if unknown:
+            raise UpdateRejected(f"{report.institution}: trained tasks {unknown} the model has no head for")
+        weights = {k: v.numpy() for k, v in arrays.items()}
+        validate_update(weights, self.global_weights, institution=report.institution,
+                        max_update_norm=self.aggregation.max_update_norm)
+        return Update(report.institution, report.species, weights, report.examples)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Federated evaluation: per task, example-weighted means of the institutions' metrics."""
+        totals: dict[str, dict[str, float]] = {}
+        counts: dict[str, float] = {}
+        for msg in replies:
+            if msg.has_error():
+                log.warning("evaluation reply from node %s failed: %s", msg.metadata.src_node_id,
+                            msg.error.reason)
+                continue
+            for task, metrics in p.unflatten_task_metrics(msg.content.get(p.METRICS) or {}).items():
+                n = metrics.get(p.NUM_EXAMPLES, 0.0)
+                counts[task] = counts.get(task, 0.0) + n
+                for key, value in metrics.items():
+                    if key != p.NUM_EXAMPLES and np.isfinite(value):
+                        totals.setdefault(task, {}).setdefault(key, 0.0)
+                        totals[task][key] += n * value
+        per_task = {t: {k: v / counts[t] for k, v in m.items()} for t, m in totals.items() if counts[t] > 0}
+        for task in per_task:
+            per_task[task][p.NUM_EXAMPLES] = counts[task]
+        self.rounds.setdefault(server_round, RoundRecord()).evaluate = per_task
+        return MetricRecord(p.flatten_task_metrics(per_task)) if per_task else None
+
+
+def _to_torch(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array))
