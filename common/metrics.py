@@ -87,9 +87,11 @@ def sequence_metrics(y_true, prob) -> dict[str, float]:
     pred = p.argmax(axis=1)
     classes = range(p.shape[1])
     with warnings.catch_warnings():
-        # Legal for a single-class set; the docstring says what the value then means.
+        # Legal for a single-class set; the docstring says what the values then mean.
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        warnings.filterwarnings("ignore", message="A single label was found")
         balanced = balanced_accuracy_score(y, pred)
+        mcc = matthews_corrcoef(y, pred)
     if p.shape[1] == 2:
         f1 = f1_score(y, pred, pos_label=1, average="binary", zero_division=0.0)
         auroc = _one_vs_rest(roc_auc_score, y, p, 1)
@@ -101,7 +103,7 @@ def sequence_metrics(y_true, prob) -> dict[str, float]:
     return {
         keys.ACCURACY: float(accuracy_score(y, pred)),
         keys.BALANCED_ACCURACY: float(balanced),
-        keys.MCC: float(matthews_corrcoef(y, pred)),
+        keys.MCC: float(mcc),
         keys.F1: float(f1),
         keys.AUROC: auroc,
         keys.AUPRC: auprc,

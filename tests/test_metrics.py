@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -55,6 +56,17 @@ def test_single_class_gives_nan_ranking_metrics_not_an_error():
     assert m[keys.ACCURACY] == pytest.approx(2 / 3)
     assert m[keys.MCC] == 0.0
     assert m[keys.BALANCED_ACCURACY] == pytest.approx(2 / 3)
+
+
+def test_single_class_predicted_perfectly_warns_nothing():
+    y = np.array([1, 1])
+    prob = _binary_prob([0.9, 0.8])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = sequence_metrics(y, prob)
+
+    assert m[keys.ACCURACY] == 1.0 and m[keys.MCC] == 0.0 and math.isnan(m[keys.AUROC])
 
 
 def test_multiclass_sequence_metrics_are_macro_averages():
