@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from client.institution import load_institution_data
-from client.ledger import PrivacyLedger
+from client.ledger import BudgetExhausted, PrivacyLedger
 from client.trainer import (RoundResult, planned_segments, resolve_device, seed_everything, state_dict_cpu,
                             train_round)
 from common.config import InstitutionConfig, TrainingConfig
@@ -86,9 +86,12 @@ class InstitutionAgent:
             result = self._run(model, train, dp=False, sigma=0.0)
             return self._outcome(TRAINED, result, math.inf, 0.0, math.inf, model)
         privacy = self.config.privacy
-        sigma = self.noise_multiplier(train)
-        planned = planned_segments(train, self.training, sigma)
-        check = self.ledger.check_budget(segments=planned)
+        try:
+            sigma = self.noise_multiplier(train)
+        except BudgetExhausted as exhausted:  # no sigma lets even one more round fit
+            check = exhausted.check
+        else:
+            check = self.ledger.check_budget(segments=planned_segments(train, self.training, sigma))
         if not check.allowed:
             log.warning("%s: budget exhausted (epsilon %.3f of %.3f; this round would reach %.3f)",
                         self.config.name, check.current, privacy.epsilon, check.projected)

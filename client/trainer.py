@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import random
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +29,12 @@ from common.model import GenomicTransformer, head_of, parameters_for_task
 from common.tasks import task_loss
 
 log = logging.getLogger(__name__)
+
+# Opacus warns on every engine that its noise comes from torch's PRNG (secure_mode needs
+# torchcsprng, which has no wheel for this Python); the README states it once instead. The
+# backward-hook note fires because token ids cannot require grad, which is expected here.
+warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
+warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
 
 Segment = tuple[float, float, int]  # (noise multiplier, sample rate, steps): one accountant entry
 

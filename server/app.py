@@ -8,6 +8,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.runconfig import NUM_ROUNDS, RESUME, base_dir, resolve_run_paths
+from server.audit import AUDIT_FILE, AuditLog
 from server.config import load_federation
 from server.run import FederationRun
 
@@ -23,4 +24,5 @@ def main(grid: Grid, context: Context) -> None:
     rounds = int(run_config.get(NUM_ROUNDS) or 0) or None
     resume = bool(run_config.get(RESUME, False)) or config.resume
     logging.getLogger("flwr").setLevel(logging.INFO)  # Opacus lowers it on import
-    FederationRun(config, num_rounds=rounds, resume=resume).execute(grid)
+    audit = AuditLog(out_dir / AUDIT_FILE)
+    FederationRun(config, num_rounds=rounds, resume=resume, audit=audit).execute(grid)

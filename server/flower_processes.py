@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -69,7 +70,7 @@ class ProcessGroup:
                     "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
 
     def start(self, command: list[str], *, log_file: Path | None = None, **kwargs) -> subprocess.Popen:
-        output = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+        output = open(log_file, "wb") if log_file else subprocess.DEVNULL  # noqa: SIM115
         process = subprocess.Popen(command, env=self.env, stdout=output, stderr=subprocess.STDOUT,
                                    start_new_session=True, **kwargs)
         self.processes.append(process)
@@ -120,4 +121,12 @@ def run_status(group: ProcessGroup, connection: str, run_id: int | None = None) 
         return None
     if run_id is not None:
         runs = [r for r in runs if int(r.get("run-id", -1)) == run_id]
-    return str(runs[-1].get("status")) if runs else None
+    elif len(runs) > 1:
+        raise ValueError("several runs on this SuperLink: give run_id")
+    return str(runs[0].get("status")) if runs else None
+
+
+def started_run_id(log_text: str) -> int | None:
+    """The run id ``flwr run`` printed (``Successfully started run <id>``)."""
+    found = re.findall(r"Successfully started run (\d+)", log_text)
+    return int(found[-1]) if found else None

@@ -71,13 +71,15 @@ class FederationRun:
         self.num_rounds = num_rounds or config.federation.rounds
         self.audit = audit or (lambda event, fields: None)
         self.history: list[dict] = []
+        self._known_nodes: set[int] = set()
         self.start_round = 1
         torch.manual_seed(config.seed)
         self.model = GenomicTransformer(config.model, tasks=config.tasks)
         if resume:
             self._resume()
-        elif (self.out_dir / METRICS_FILE).exists():
-            (self.out_dir / METRICS_FILE).unlink()  # a fresh run starts a fresh history
+        else:  # a fresh run starts a fresh history in this directory
+            (self.out_dir / METRICS_FILE).unlink(missing_ok=True)
+            shutil.rmtree(self.out_dir / FINAL_DIR, ignore_errors=True)
         self.central = self._load_central()
         fed = config.federation
         self.strategy = SpeciesFedAvg(
@@ -163,8 +165,23 @@ class FederationRun:
             handle.write(json.dumps(line, sort_keys=True) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
-        self.audit("round_completed", {"round": server_round, "institutions": institutions,
-                                       "seconds": seconds})
+        self._audit_round(server_round, record, seconds)
+
+    def _audit_round(self, server_round: int, record: RoundRecord, seconds: float) -> None:
+        for report in record.train:
+            if report.node_id not in self._known_nodes and report.status != "failed":
+                self._known_nodes.add(report.node_id)
+                self.audit("institution_connected", {"node_id": report.node_id, "institution": report.institution,
+                                                     "species": report.species})
+            event = {"trained": "trained", "refused": "refused", "rejected": "update_rejected"}.get(
+                report.status, "failed")
+            self.audit(event, _json_safe({"round": server_round, "node_id": report.node_id,
+                                          "institution": report.institution, "examples": report.examples,
+                                          "epsilon": report.epsilon, "delta": report.delta,
+                                          "reason": report.reason}))
+        if server_round:
+            self.audit("round_completed", {"round": server_round, "seconds": seconds,
+                                           "accepted": sum(r.status == "trained" for r in record.train)})
 
     def _rewrite_metrics(self) -> None:
         path = self.out_dir / METRICS_FILE

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from rich.table import Table
 from common.config import ConfigError
 from common.runconfig import APP_DIR, BASE_DIR, CONFIG_FILE, NUM_ROUNDS, OUT_DIR, RESUME
 from server.config import FederationConfig, load_federation
-from server.flower_processes import ProcessGroup, free_port, run_status, wait_for_port, write_connection
+from server.flower_processes import (ProcessGroup, free_port, run_status, started_run_id, wait_for_port,
+                                     write_connection)
 from server.run import METRICS_FILE
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,19 @@ def ensure_data(config: FederationConfig) -> Path:
     return data_dir
 
 
+def forget_simulated_state(out: Path) -> None:
+    """``--fresh``: a new simulated world. The simulated institutions' ledgers, the checkpoints and
+    the outputs under ``out`` are deleted (generated data is kept). Never do this to a real
+    institution's state directory: its ledger is what keeps its privacy promise."""
+    for name in ("state", "checkpoints", "final", METRICS_FILE, "audit.jsonl", "report.md", "plots"):
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    console.print(f"[yellow]--fresh: simulated institutions' ledgers and outputs under {out} deleted[/yellow]")
+
+
 def _run_config(config_file: Path, out_dir: Path, rounds: int | None, resume: bool) -> str:
     values = {CONFIG_FILE: f'"{config_file}"', BASE_DIR: f'"{Path.cwd()}"', OUT_DIR: f'"{out_dir}"',
               NUM_ROUNDS: str(rounds or 0), RESUME: "true" if resume else "false"}
@@ -57,12 +72,16 @@ def _run_config(config_file: Path, out_dir: Path, rounds: int | None, resume: bo
 
 
 def simulate(config_file: Path, *, rounds: int | None = None, out_dir: Path | None = None,
-             resume: bool = False, timeout: float = 3600.0) -> list[dict]:
+             resume: bool = False, fresh: bool = False, timeout: float = 3600.0) -> list[dict]:
     """Run the federation to the end; returns the metrics history. Raises SimulationFailed."""
     config_file = config_file.resolve()
     config = load_federation(config_file, output_dir=out_dir)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        forget_simulated_state(out)
+    if not resume:  # progress is read from this file: never show an older run's rounds
+        (out / METRICS_FILE).unlink(missing_ok=True)
     ensure_data(config)
     group = ProcessGroup(out / ".flwr")
     try:
@@ -89,10 +108,11 @@ def _run(group: ProcessGroup, config: FederationConfig, config_file: Path, out: 
         log_file=out / "flwr-run.log")
     total = rounds or config.federation.rounds
     history = _follow(submit, out / METRICS_FILE, total, timeout)
-    status = run_status(group, CONNECTION)
+    run_log = (out / "flwr-run.log").read_text(errors="replace")
+    run_id = started_run_id(run_log)
+    status = run_status(group, CONNECTION, run_id) if run_id is not None else None
     if status != "finished:completed" or not (out / "final").is_dir():
-        tail = (out / "flwr-run.log").read_text(errors="replace")[-3000:]
-        raise SimulationFailed(f"run status {status!r}; see {out / 'flwr-run.log'}\n{tail}")
+        raise SimulationFailed(f"run {run_id} status {status!r}; see {out / 'flwr-run.log'}\n{run_log[-3000:]}")
     return history
 
 
@@ -165,6 +185,8 @@ def add_simulate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rounds", type=int, default=None, help="override federation.rounds")
     parser.add_argument("--out", type=Path, default=None, help="override output_dir")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--fresh", action="store_true",
+                        help="simulation only: delete the simulated institutions' ledgers and the outputs first")
     parser.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
     parser.set_defaults(func=run_simulate_command)
 
@@ -173,7 +195,7 @@ def run_simulate_command(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         history = simulate(args.config, rounds=args.rounds, out_dir=args.out, resume=args.resume,
-                           timeout=args.timeout)
+                           fresh=args.fresh, timeout=args.timeout)
     except (ConfigError, SimulationFailed) as err:
         console.print(f"[red]simulation failed:[/red] {err}")
         return 1
