@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import random
+import secrets
 import warnings
 from dataclasses import dataclass, field
 
@@ -105,6 +106,12 @@ def _make_optimizer(params: list[torch.nn.Parameter], training: TrainingConfig) 
     return torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay)
 
 
+def _entropy_generator(device: torch.device | str) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(secrets.randbits(63))
+    return generator
+
+
 def _step_loss(model: GenomicTransformer, task: str, tokens: torch.Tensor, labels: torch.Tensor,
                autocast: contextlib.AbstractContextManager) -> torch.Tensor:
     with autocast:
@@ -132,12 +139,16 @@ def train_task_dp(model: GenomicTransformer, dataset: GenomicDataset, *, trainin
     """
     task = dataset.task.name
     _set_trainable(model, task)
-    loader = DataLoader(dataset, batch_size=training.batch_size, collate_fn=collate, shuffle=True)
+    # The DP mechanism's randomness (which records are sampled, the Gaussian noise) must not be
+    # reproducible by anyone who knows the run's seed: both generators start from OS entropy.
+    loader = DataLoader(dataset, batch_size=training.batch_size, collate_fn=collate,
+                        generator=_entropy_generator("cpu"))
     engine = PrivacyEngine(accountant=accountant)
     hooks, optimizer, dp_loader = engine.make_private(
         module=model, optimizer=_make_optimizer(parameters_for_task(model, task), training),
         data_loader=loader, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-        poisson_sampling=True, grad_sample_mode="hooks", wrap_model=False)
+        poisson_sampling=True, grad_sample_mode="hooks", wrap_model=False,
+        noise_generator=_entropy_generator(device))
     target_steps = max(1, round(training.local_epochs * len(loader)))
     losses: list[float] = []
     try:

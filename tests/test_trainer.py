@@ -1,0 +1,132 @@
+"""The institution's side without Flower: DP trainer, agent, budget gate, what leaves the site."""
+
+import math
+
+import pytest
+import torch
+
+from client.agent import REFUSED, TRAINED, InstitutionAgent
+from client.ledger import PrivacyLedger, compute_epsilon
+from client.trainer import planned_segments, train_round
+from common.config import InstitutionConfig, PrivacyConfig, TrainingConfig
+from common.data.synthetic import generate
+from common.data.writers import write_split_tables
+from common.model import GenomicTransformer, ModelConfig
+
+MODEL = ModelConfig(d_model=32, n_heads=4, n_layers=1, d_ff=64, dropout=0.0, max_len=192)
+TRAINING = TrainingConfig(batch_size=16, max_physical_batch_size=8, learning_rate=3e-3)
+LENGTHS = {"promoter": 170, "splice": 100}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("institution-data")
+    for i, task in enumerate(("promoter", "splice")):
+        records = generate(task=task, species="human", n=60, seed=10 + i, length=LENGTHS[task]).records
+        write_split_tables(root / task, {"train": records[:40], "val": records[40:50], "test": records[50:]})
+    return root
+
+
+def institution(data_dir, state_dir, **privacy):
+    settings = {"epsilon": 8.0, "delta": 1e-3, "max_grad_norm": 1.0, "noise_multiplier": 1.0, **privacy}
+    return InstitutionConfig(name="oslo-uh", species="human", tasks=("promoter", "splice"), data_dir=data_dir,
+                             state_dir=state_dir, device="cpu", privacy=PrivacyConfig(**settings),
+                             training=TRAINING)
+
+
+def fresh_model(seed=0):
+    torch.manual_seed(seed)
+    return GenomicTransformer(MODEL)
+
+
+def flat(model):
+    return torch.cat([v.reshape(-1) for v in model.state_dict().values()])
+
+
+def test_dp_noise_makes_two_runs_from_the_same_weights_differ(data_dir, tmp_path):
+    agent = InstitutionAgent(institution(data_dir, tmp_path))
+    train = agent.data("train")
+    results = []
+    for _ in range(2):
+        model = fresh_model()
+        torch.manual_seed(123)  # same seed: only the DP mechanism's own entropy differs
+        train_round(model, train, training=TRAINING, dp=True, noise_multiplier=1.0, max_grad_norm=1.0,
+                    accountant="rdp", device=torch.device("cpu"))
+        results.append(flat(model))
+    assert not torch.allclose(results[0], results[1])
+
+
+def test_without_dp_two_runs_from_the_same_weights_and_seed_agree(data_dir, tmp_path):
+    agent = InstitutionAgent(institution(data_dir, tmp_path))
+    train = agent.data("train")
+    results = []
+    for _ in range(2):
+        model = fresh_model()
+        torch.manual_seed(123)
+        train_round(model, train, training=TRAINING, dp=False, noise_multiplier=0.0, max_grad_norm=1.0,
+                    accountant="rdp", device=torch.device("cpu"))
+        results.append(flat(model))
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
+
+
+def test_round_spends_exactly_the_planned_steps_and_the_ledger_composes_them(data_dir, tmp_path):
+    agent = InstitutionAgent(institution(data_dir, tmp_path))
+    planned = planned_segments(agent.data("train"), agent.training, 1.0)
+    outcome = agent.train(fresh_model(), run_id="r1", server_round=1)
+    assert outcome.status == TRAINED
+    assert list(agent.ledger.rounds[-1].segments) == planned
+    expected = compute_epsilon(history=planned, delta=1e-3, accountant="rdp")
+    assert outcome.epsilon == pytest.approx(expected, rel=1e-9)
+    reopened = PrivacyLedger.load(tmp_path)  # a restart reads the same epsilon back
+    assert reopened.epsilon() == pytest.approx(expected, rel=1e-9)
+
+
+def test_weights_sent_back_have_plain_names(data_dir, tmp_path):
+    agent = InstitutionAgent(institution(data_dir, tmp_path))
+    model = fresh_model()
+    outcome = agent.train(model, run_id="r1", server_round=1)
+    assert set(outcome.weights) == set(fresh_model().state_dict())
+    assert not any(k.startswith("_module.") for k in outcome.weights)
+
+
+def test_agent_refuses_a_round_past_its_budget_and_spends_nothing(data_dir, tmp_path):
+    agent = InstitutionAgent(institution(data_dir, tmp_path, epsilon=3.0))
+    statuses = [agent.train(fresh_model(), run_id="r", server_round=r).status for r in range(1, 8)]
+    assert REFUSED in statuses
+    first_refusal = statuses.index(REFUSED)
+    assert all(s == REFUSED for s in statuses[first_refusal:])  # once out, out
+    assert agent.ledger.epsilon() <= 3.0
+    assert len(agent.ledger.rounds) == first_refusal
+    refused = agent.train(fresh_model(), run_id="r", server_round=9)
+    assert refused.weights is None and refused.epsilon == pytest.approx(agent.ledger.epsilon())
+    assert "budget exhausted" in refused.reason
+
+
+def test_planned_rounds_choose_a_sigma_that_fits_the_budget(data_dir, tmp_path):
+    config = institution(data_dir, tmp_path, noise_multiplier=None, planned_rounds=3, epsilon=6.0)
+    agent = InstitutionAgent(config)
+    for r in range(1, 4):
+        assert agent.train(fresh_model(), run_id="r", server_round=r).status == TRAINED
+    assert 0.9 * 6.0 <= agent.ledger.epsilon() <= 6.0
+
+
+def test_delta_must_be_below_one_over_records(data_dir, tmp_path):
+    agent = InstitutionAgent(institution(data_dir, tmp_path, delta=0.05))  # 80 records: 1/80 = 0.0125
+    with pytest.raises(ValueError, match=r"privacy.delta 0.05 must be below 1/records = 1/80"):
+        agent.data("train")
+
+
+def test_evaluation_reports_every_task(data_dir, tmp_path):
+    agent = InstitutionAgent(institution(data_dir, tmp_path))
+    metrics = agent.evaluate(fresh_model())
+    assert set(metrics) == {"promoter", "splice"}
+    assert metrics["promoter"]["num-examples"] == 10 and math.isfinite(metrics["splice"]["loss"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16 autocast path)")
+def test_bf16_on_gpu_keeps_per_sample_clipping(data_dir, tmp_path):
+    config = institution(data_dir, tmp_path).model_copy(update={
+        "device": "cuda", "training": TRAINING.model_copy(update={"precision": "bf16"})})
+    outcome = InstitutionAgent(config).train(fresh_model(), run_id="gpu", server_round=1)
+    assert outcome.status == TRAINED
+    assert all(torch.isfinite(v).all() for v in outcome.weights.values())
