@@ -92,8 +92,8 @@ class SyntheticDataConfig(StrictModel):
     seed: int = 0
     n_per_task: int = Field(600, ge=30)  # records per institution and task (train+val+test) at size 1
     central_n: int = Field(200, ge=10)  # central evaluation records per task and species
-    difficulty: float = Field(1.0, ge=0.0, le=3.0)
-    lengths: dict[TaskName, Annotated[int, Field(ge=30, le=4096)]] = {}
+    difficulty: float = Field(0.5, ge=0.0, le=1.0)  # label noise, motif sharpness, decoys (see synthetic)
+    lengths: dict[TaskName, Annotated[int, Field(ge=60, le=4096)]] = {}  # bases per window and task
 
 
 T = TypeVar("T", bound=BaseModel)
