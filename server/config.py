@@ -42,6 +42,13 @@ class CentralEvaluationSection(StrictModel):
     baselines: bool = True  # train the classic baselines once, for the report's reference column
 
 
+class EnrolledInstitution(StrictModel):
+    """An institution allowed to join a deployed federation: its SuperNode's public key."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+    public_key: Path  # OpenSSH ECDSA public key (``helixfed certs`` writes <tls-dir>/institutions/<name>.pub)
+
+
 class FederationConfig(StrictModel):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")] = "helixfed"
     seed: int = 0
@@ -55,6 +62,7 @@ class FederationConfig(StrictModel):
     data_dir: Path | None = None  # where institution data lives (default <output_dir>/data)
     output_dir: Path = Path("runs/helixfed")
     institutions: tuple[InstitutionConfig, ...] = ()  # inline institutions (simulation)
+    enrolled: tuple[EnrolledInstitution, ...] = ()  # deployment: who may connect
     resume: bool = False
 
     @model_validator(mode="after")
@@ -77,8 +85,9 @@ class FederationConfig(StrictModel):
         data_dir = (base / self.data_dir).resolve() if self.data_dir else output_dir / "data"
         central = self.central_evaluation
         central_dir = (base / central.data_dir).resolve() if central.data_dir else data_dir / "central"
+        enrolled = tuple(e.model_copy(update={"public_key": (base / e.public_key).resolve()}) for e in self.enrolled)
         return self.model_copy(update={
-            "output_dir": output_dir, "data_dir": data_dir,
+            "output_dir": output_dir, "data_dir": data_dir, "enrolled": enrolled,
             "central_evaluation": central.model_copy(update={"data_dir": central_dir})})
 
 

@@ -9,29 +9,23 @@ status (``flwr run`` exits 0 even when the run failed) and stops every process i
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from common.config import ConfigError
-from common.runconfig import APP_DIR, BASE_DIR, CONFIG_FILE, NUM_ROUNDS, OUT_DIR, RESUME
 from server.config import FederationConfig, load_federation
-from server.flower_processes import (ProcessGroup, free_port, run_status, started_run_id, wait_for_port,
+from server.flower_processes import (ProcessGroup, free_port, wait_for_port,
                                      write_connection)
+from server.progress import RunFailed, results_table, run_config_arg, submit_and_wait
 from server.run import METRICS_FILE
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
 CONNECTION = "helixfed-sim"
-
-
-class SimulationFailed(RuntimeError):
-    pass
 
 
 def ensure_data(config: FederationConfig) -> Path:
@@ -65,15 +59,9 @@ def forget_simulated_state(out: Path) -> None:
     console.print(f"[yellow]--fresh: simulated institutions' ledgers and outputs under {out} deleted[/yellow]")
 
 
-def _run_config(config_file: Path, out_dir: Path, rounds: int | None, resume: bool) -> str:
-    values = {CONFIG_FILE: f'"{config_file}"', BASE_DIR: f'"{Path.cwd()}"', OUT_DIR: f'"{out_dir}"',
-              NUM_ROUNDS: str(rounds or 0), RESUME: "true" if resume else "false"}
-    return " ".join(f"{k}={v}" for k, v in values.items())
-
-
 def simulate(config_file: Path, *, rounds: int | None = None, out_dir: Path | None = None,
              resume: bool = False, fresh: bool = False, timeout: float = 3600.0) -> list[dict]:
-    """Run the federation to the end; returns the metrics history. Raises SimulationFailed."""
+    """Run the federation to the end; returns the metrics history. Raises RunFailed."""
     config_file = config_file.resolve()
     config = load_federation(config_file, output_dir=out_dir)
     out = Path(config.output_dir)
@@ -101,82 +89,9 @@ def _run(group: ProcessGroup, config: FederationConfig, config_file: Path, out: 
     wait_for_port(port, timeout=60, process=superlink)
     write_connection(group.flwr_home, CONNECTION, f"127.0.0.1:{port}")
     n = len(config.institutions)
-    submit = group.start(
-        ["flwr", "run", str(APP_DIR), CONNECTION, "--stream",
-         "--federation-config", f"num-supernodes={n} client-resources-num-cpus=1",
-         "--run-config", _run_config(config_file, out, rounds, resume)],
-        log_file=out / "flwr-run.log")
-    total = rounds or config.federation.rounds
-    history = _follow(submit, out / METRICS_FILE, total, timeout)
-    run_log = (out / "flwr-run.log").read_text(errors="replace")
-    run_id = started_run_id(run_log)
-    status = run_status(group, CONNECTION, run_id) if run_id is not None else None
-    if status != "finished:completed" or not (out / "final").is_dir():
-        raise SimulationFailed(f"run {run_id} status {status!r}; see {out / 'flwr-run.log'}\n{run_log[-3000:]}")
-    return history
-
-
-def _follow(submit, metrics_path: Path, total: int, timeout: float) -> list[dict]:
-    """Print each round as it lands in metrics.jsonl until ``flwr run`` returns."""
-    shown, deadline = 0, time.monotonic() + timeout
-    while True:
-        finished = submit.poll() is not None
-        history = _read_history(metrics_path)
-        for line in history[shown:]:
-            console.print(round_summary(line, total))
-        shown = len(history)
-        if finished:
-            return history
-        if time.monotonic() > deadline:
-            raise SimulationFailed(f"no result after {timeout:.0f} s")
-        time.sleep(1.0)
-
-
-def _read_history(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    lines = path.read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def _headline(task: str, metrics: dict) -> str:
-    from common.tasks import get_task
-
-    value = metrics.get(get_task(task).headline_metric)
-    return f"{task} {value:.3f}" if isinstance(value, (int, float)) else f"{task} –"
-
-
-def round_summary(line: dict, total: int) -> str:
-    central = ", ".join(_headline(t, m) for t, m in line.get("central", {}).items())
-    if line["round"] == 0:
-        return f"[bold]round 0/{total}[/bold] (initial model)  central: {central}"
-    eps = ", ".join(f"{k} {v:.2f}" for k, v in line.get("epsilon", {}).items() if v is not None)
-    refused = f"  refused: {', '.join(line['refused'])}" if line.get("refused") else ""
-    rejected = f"  rejected: {', '.join(line['rejected'])}" if line.get("rejected") else ""
-    return (f"[bold]round {line['round']}/{total}[/bold] {line['wall_seconds']:.1f} s  "
-            f"institutions: {len(line.get('institutions', {}))}  central: {central}\n"
-            f"    epsilon: {eps}{refused}{rejected}")
-
-
-def results_table(history: list[dict]) -> Table:
-    from common.tasks import get_task
-
-    first, last = history[0], history[-1]
-    table = Table(title=f"central evaluation: round 0 vs round {last['round']}")
-    for column in ("task", "species", "metric", "round 0", f"round {last['round']}"):
-        table.add_column(column)
-    for task, metrics in last["central"].items():
-        key = get_task(task).headline_metric
-        before = first["central"].get(task, {})
-        table.add_row(task, "all", key, _num(before.get(key)), _num(metrics.get(key)))
-        for species, m in metrics.get("species", {}).items():
-            table.add_row("", species, key, _num(before.get("species", {}).get(species, {}).get(key)),
-                          _num(m.get(key)))
-    return table
-
-
-def _num(value) -> str:
-    return f"{value:.3f}" if isinstance(value, (int, float)) else "–"
+    return submit_and_wait(group, CONNECTION, run_config=run_config_arg(config_file, out, rounds, resume),
+                           out=out, rounds=rounds or config.federation.rounds, timeout=timeout,
+                           federation_config=f"num-supernodes={n} client-resources-num-cpus=1")
 
 
 def add_simulate_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -196,7 +111,7 @@ def run_simulate_command(args: argparse.Namespace) -> int:
     try:
         history = simulate(args.config, rounds=args.rounds, out_dir=args.out, resume=args.resume,
                            fresh=args.fresh, timeout=args.timeout)
-    except (ConfigError, SimulationFailed) as err:
+    except (ConfigError, RunFailed) as err:
         console.print(f"[red]simulation failed:[/red] {err}")
         return 1
     except KeyboardInterrupt:
