@@ -87,14 +87,22 @@ def supernode_command(*, institution: Path, server: str, ca: Path | None, key: P
     return [*command, "--auth-supernode-private-key", str(key)] if key else command
 
 
-def run_supernode(command: list[str]) -> int:
-    """Run the SuperNode in its own session until it exits or we are interrupted; stop its children."""
+def run_supernode(command: list[str]) -> tuple[int, bool]:
+    """Run the SuperNode in its own session until it exits or we are interrupted; stop its children.
+
+    Returns its exit code and whether the SuperLink refused its key (Flower says so only in its log:
+    exit code 305, "Failed to activate SuperNode", while the process itself exits with 1)."""
     env = {**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
            "HELIXFED_RUN_TAG": uuid.uuid4().hex,
            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
-    process = subprocess.Popen(command, env=env, start_new_session=True)
+    process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, bufsize=1)
+    refused = False
     try:
-        return process.wait()
+        for line in process.stdout:  # pass the SuperNode's log through, watching for a refusal
+            sys.stderr.write(line)
+            refused = refused or "Failed to activate SuperNode" in line or f"Exit Code: {KEY_NOT_REGISTERED}" in line
+        return process.wait(), refused
     finally:
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -136,10 +144,10 @@ def run_client_command(args: argparse.Namespace) -> int:
     command = supernode_command(institution=args.institution, server=args.server,
                                 ca=None if args.insecure else args.root_certificates, key=args.key, port=args.port)
     try:
-        code = run_supernode(command)
+        code, refused = run_supernode(command)
     except KeyboardInterrupt:
         return 130
-    if code == KEY_NOT_REGISTERED:
+    if refused:
         console.print(f"[red]the server refused this institution's key ({args.key}): it is not registered. "
                       "Ask the coordinating site to enroll the matching public key.[/red]")
     return code

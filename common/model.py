@@ -1,8 +1,9 @@
 """The genomic transformer: one backbone, one head per task.
 
-Reads top to bottom: config, positions, embedding, attention, block, codon mixer, heads, model.
+Reads top to bottom: config, positions, embedding, motif stem, attention, block, codon mixer,
+heads, model.
 Every module with parameters is built from layers Opacus has per-sample gradient samplers for
-(nn.Linear, nn.Embedding, nn.LayerNorm), so the model passes
+(nn.Linear, nn.Embedding, nn.LayerNorm, nn.Conv1d), so the model passes
 ``ModuleValidator.validate(model, strict=True)`` in every configuration and trains under DP-SGD.
 
 Fixes to the seed article's model: padding has its own token and is masked out of attention
@@ -43,6 +44,7 @@ class ModelConfig:
     codon_phase: bool = False  # add an embedding of position mod 3 (reading frame)
     hierarchical: bool = False  # mix the 3 bases of each codon, attend over codons (L/3 tokens)
     epigenetic_tracks: int = 0  # > 0: per-base tracks [B, L, E] fused with the sequence embedding
+    motif_kernel: int = 0  # > 0: a convolution of this width over bases before attention (k-mer features)
 
     # Read by pydantic when this dataclass sits inside a config file's schema: no unknown keys.
     __pydantic_config__ = ConfigDict(extra="forbid")
@@ -60,6 +62,8 @@ class ModelConfig:
             raise ModelConfigError(f"model.d_model: expected an even number, got {self.d_model}")
         if not 0.0 <= self.dropout < 1.0:
             raise ModelConfigError(f"model.dropout: expected 0 <= dropout < 1, got {self.dropout!r}")
+        if self.motif_kernel < 0 or (self.motif_kernel and self.motif_kernel % 2 == 0):
+            raise ModelConfigError(f"model.motif_kernel: expected 0 or an odd width, got {self.motif_kernel!r}")
         if self.epigenetic_tracks < 0:
             raise ModelConfigError(f"model.epigenetic_tracks: expected >= 0, got {self.epigenetic_tracks!r}")
 
@@ -132,6 +136,22 @@ class GenomicEmbedding(nn.Module):
         elif tracks is not None:
             raise ValueError("tracks given but model.epigenetic_tracks is 0")
         return x
+
+
+class MotifStem(nn.Module):
+    """A residual convolution over neighbouring bases: each position sees the k-mer around it
+    before attention does (what DNABERT gets from k-mer tokens, without changing the vocabulary).
+
+    Padding is zeroed before the convolution, so a real base next to padding sees exactly the
+    zeros the convolution's own border padding would give: padding invariance is kept."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.conv = nn.Conv1d(config.d_model, config.d_model, config.motif_kernel, padding=config.motif_kernel // 2)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x * mask.unsqueeze(-1).to(x.dtype)  # [B, L, D], padding zeroed
+        return x + F.gelu(self.conv(x.transpose(1, 2))).transpose(1, 2)  # [B, L, D]
 
 
 class SelfAttention(nn.Module):
@@ -243,6 +263,7 @@ class GenomicTransformer(nn.Module):
         self.config = config
         self.tasks = tuple(get_task(t).name for t in tasks)
         self.embedding = GenomicEmbedding(config)
+        self.stem = MotifStem(config) if config.motif_kernel else None
         self.codons = CodonMixer(config) if config.hierarchical else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = nn.LayerNorm(config.d_model)
@@ -260,6 +281,8 @@ class GenomicTransformer(nn.Module):
             raise ValueError(f"task {task!r} has no head in this model; heads: {', '.join(self.tasks)}")
         mask = tokens != PAD_ID  # [B, L]
         x = self.embedding(tokens, tracks)  # [B, L, D]
+        if self.stem is not None:
+            x = self.stem(x, mask)
         base_embedding = x
         key_mask = mask
         if self.codons is not None:

@@ -70,6 +70,9 @@ def serve(config_file: Path, *, tls_dir: Path | None, host: str, port: int, roun
         raise ConfigError(f"{config_file}: enrolled: no institution is enrolled, so none could connect")
     audit = AuditLog(out / AUDIT_FILE)
     group = ProcessGroup(out / ".flwr-server")
+    # The SuperLink's database holds registered keys and past runs; a restart starts it afresh so
+    # exactly the keys enrolled now are registered (resume works from our own checkpoints).
+    (group.flwr_home / "state.db").unlink(missing_ok=True)
     try:
         superlink = group.start(superlink_command(host=host, port=port, control_port=free_port(),
                                                   database=group.flwr_home / "state.db", tls=tls),

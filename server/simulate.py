@@ -72,6 +72,7 @@ def simulate(config_file: Path, *, rounds: int | None = None, out_dir: Path | No
         (out / METRICS_FILE).unlink(missing_ok=True)
     ensure_data(config)
     group = ProcessGroup(out / ".flwr")
+    (group.flwr_home / "state.db").unlink(missing_ok=True)  # one run per SuperLink start
     try:
         return _run(group, config, config_file, out, rounds, resume, timeout)
     finally:

@@ -9,8 +9,8 @@ from common.tasks import TASK_NAMES, task_loss
 from common.tokenizer import PAD_ID
 
 OPTIONS = {"plain": {}, "codon_phase": {"codon_phase": True}, "hierarchical": {"hierarchical": True},
-           "multimodal": {"epigenetic_tracks": 3}, "all": {"codon_phase": True, "hierarchical": True,
-                                                           "epigenetic_tracks": 2}}
+           "multimodal": {"epigenetic_tracks": 3}, "motif_stem": {"motif_kernel": 5},
+           "all": {"codon_phase": True, "hierarchical": True, "epigenetic_tracks": 2, "motif_kernel": 3}}
 
 
 def make(tiny_config, **options):
