@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint demo bench protos clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check common client server tests bench
+
+# Regenerate the gRPC service stubs (committed) from server/service/helixfed.proto.
+protos: $(STAMP)
+	PYTHON=$(BIN)/python server/service/generate_stubs.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs

@@ -14,12 +14,12 @@ import shutil
 import time
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 
 from common.config import ConfigError
 from server.config import FederationConfig, load_federation
-from server.flower_processes import (ProcessGroup, free_port, wait_for_port,
-                                     write_connection)
+from server.flower_processes import ProcessGroup, free_port, wait_for_port, write_connection
 from server.progress import RunFailed, results_table, run_config_arg, submit_and_wait
 from server.run import METRICS_FILE
 
@@ -29,20 +29,28 @@ CONNECTION = "helixfed-sim"
 
 
 def ensure_data(config: FederationConfig) -> Path:
-    """Generate the federation's data under ``data_dir`` unless a manifest says it is there."""
-    data_dir = Path(config.data_dir)
-    if (data_dir / "manifest.yaml").is_file():
-        console.print(f"[dim]data: using {data_dir}[/dim]")
-        return data_dir
-    if config.data is None:
-        raise ConfigError(f"no data at {data_dir} and no `data:` section to generate it from")
-    from common.data.synth import write_federation_data
+    """Generate the federation's data under ``data_dir`` unless exactly that data is already there
+    (generated data whose parameters differ from the config is generated again)."""
+    from common.data.synth import MANIFEST, manifest_differences, write_federation_data
 
-    console.print(f"data: generating {len(config.institutions)} institutions into {data_dir}")
+    data_dir = Path(config.data_dir)
+    manifest_path = data_dir / MANIFEST
+    if config.data is None:
+        if manifest_path.is_file() or data_dir.is_dir():
+            return data_dir
+        raise ConfigError(f"no data at {data_dir} and no `data:` section to generate it from")
     d = config.data
-    write_federation_data(institutions=list(config.institutions), out_dir=data_dir, seed=d.seed,
-                          n_per_task=d.n_per_task, central_n=d.central_n, lengths=dict(d.lengths) or None,
-                          difficulty=d.difficulty, progress=True)
+    arguments = {"institutions": list(config.institutions), "seed": d.seed, "n_per_task": d.n_per_task,
+                 "central_n": d.central_n, "lengths": dict(d.lengths) or None, "difficulty": d.difficulty}
+    if manifest_path.is_file():
+        differences = manifest_differences(yaml.safe_load(manifest_path.read_text()) or {}, **arguments)
+        if not differences:
+            console.print(f"[dim]data: using {data_dir}[/dim]")
+            return data_dir
+        console.print(f"data: {data_dir} was generated with other settings ({'; '.join(differences)}): regenerating")
+        shutil.rmtree(data_dir)
+    console.print(f"data: generating {len(config.institutions)} institutions into {data_dir}")
+    write_federation_data(out_dir=data_dir, progress=True, **arguments)
     return data_dir
 
 

@@ -313,3 +313,26 @@ def _manifest(specs, species, tasks, counts, central, n_pairs, **parameters) -> 
         CENTRAL: {t: {"path": f"{CENTRAL}/{t}/test.tsv", **central[t]} for t in tasks},
         "variants": {"path": "variants.tsv", "n": n_pairs},
     }
+
+
+def manifest_differences(manifest: Mapping, *, institutions: Sequence[InstitutionSpec | Mapping], seed: int,
+                         n_per_task: int, central_n: int, lengths: Mapping[str, int] | None = None,
+                         difficulty: float = DEFAULT_DIFFICULTY) -> list[str]:
+    """What differs between data on disk (its manifest) and the data these arguments would generate;
+    an empty list means the data on disk is exactly what they ask for."""
+    generator = manifest.get("generator", {})
+    wanted = {"seed": (manifest.get("seed"), seed), "n_per_task": (generator.get("n_per_task"), n_per_task),
+              "central_n": (generator.get("central_n"), central_n),
+              "difficulty": (generator.get("difficulty"), float(difficulty))}
+    for task, length in (lengths or {}).items():
+        wanted[f"lengths.{task}"] = (generator.get("lengths", {}).get(task), length)
+    differences = [f"{key}: on disk {have!r}, asked for {want!r}" for key, (have, want) in wanted.items()
+                   if have != want]
+    specs = [InstitutionSpec.from_value(v) for v in institutions]
+    on_disk = {i.get("name"): (i.get("species"), list(i.get("tasks", [])), i.get("size"))
+               for i in manifest.get("institutions", [])}
+    asked = {s.name: (s.species, list(s.tasks), s.size) for s in specs}
+    if on_disk != asked:
+        differences.append(f"institutions: on disk {sorted(on_disk)}, asked for {sorted(asked)} "
+                           "(or their species, tasks or sizes differ)")
+    return differences
