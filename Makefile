@@ -12,13 +12,21 @@ setup: $(STAMP)
 # torch first and pinned: it is the local CPU wheel; anything looser can pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# A simulated federation of four institutions (four species, all four tasks, DP) on this machine.
+# --fresh: the simulated institutions' ledgers start from zero each time (real ones never do).
+demo: $(STAMP)
+	$(BIN)/helixfed simulate --config configs/demo.yaml --fresh
+
+# The CPU benchmark suite (not part of `make test`); results go to bench/RESULTS.md by hand.
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check common client server tests bench
