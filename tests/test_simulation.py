@@ -1,0 +1,136 @@
+"""End to end through Flower's simulation engine (real SuperLink, real Ray, real Opacus):
+the tiny federation, resume, `flwr run .`, and no process left behind."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from client.ledger import PrivacyLedger
+from common.checkpoint import load_model
+from common.data_cli import synth_from_config
+from server.flower_processes import ProcessGroup, run_status, started_run_id
+from server.simulate import simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+INSTITUTIONS = {"oslo-uh", "jackson-lab", "ecoli-reference"}
+pytestmark = pytest.mark.timeout(600)
+
+
+def flower_processes_under(path: Path) -> list[str]:
+    """Command lines of live processes that mention ``path`` (ours and nobody else's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                environ = (entry / "environ").read_bytes().decode(errors="replace")
+                state = (entry / "stat").read_text().split()[2]
+            except OSError:
+                continue
+            if state != "Z" and (str(path) in cmdline or str(path) in environ):
+                found.append(cmdline)
+    return found
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    data = tmp_path_factory.mktemp("tiny-data") / "data"
+    synth_from_config(TINY, data)
+    return data
+
+
+def prepared_out(tmp_path: Path, tiny_data: Path) -> Path:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "data").symlink_to(tiny_data)  # data_dir defaults to <output_dir>/data
+    return out
+
+
+def test_two_rounds_end_to_end(tmp_path, tiny_data):
+    out = prepared_out(tmp_path, tiny_data)
+    history = simulate(TINY, out_dir=out, rounds=2, timeout=500)
+
+    assert [line["round"] for line in history] == [0, 1, 2]
+    assert read_metrics(out) == history
+    last = history[-1]
+    assert set(last["central"]) == {"promoter", "splice", "coding", "enhancer"}
+    assert "human" in last["central"]["promoter"]["species"]
+    assert set(last["institutions"]) == INSTITUTIONS
+    for name in INSTITUTIONS:  # what the server reports is what each institution's ledger says
+        ledger = PrivacyLedger.load(out / "state" / name)
+        assert last["epsilon"][name] == pytest.approx(ledger.epsilon(), rel=1e-9)
+        assert len(ledger.rounds) == 2 and ledger.epsilon() <= ledger.budget_epsilon
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["round-0001", "round-0002"]
+    model, checkpoint = load_model(out / "final")  # loadable by common alone
+    assert checkpoint.round == 2 and model.tasks == ("promoter", "splice", "coding", "enhancer")
+    report = (out / "report.md").read_text()
+    assert "| promoter | human | mcc |" in report and "| oslo-uh | human | 2 |" in report
+    assert {p.name for p in (out / "plots").iterdir()} >= {"promoter.png", "splice.png", "epsilon.png"}
+    events = [json.loads(line)["event"] for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert events.count("trained") == 6 and "run_finished" in events
+    assert flower_processes_under(out) == []
+
+
+def test_resume_after_round_one_keeps_round_one(tmp_path, tiny_data):
+    out = prepared_out(tmp_path, tiny_data)
+    first = simulate(TINY, out_dir=out, rounds=1, timeout=500)
+    assert [line["round"] for line in first] == [0, 1]
+
+    resumed = simulate(TINY, out_dir=out, rounds=2, resume=True, timeout=500)
+
+    assert [line["round"] for line in resumed] == [0, 1, 2]
+    assert resumed[:2] == first  # rounds 0 and 1 exactly as they were
+    for name in INSTITUTIONS:  # the ledgers went on from round 1, not from zero
+        ledger = PrivacyLedger.load(out / "state" / name)
+        assert [r.round for r in ledger.rounds] == [1, 2]
+        assert resumed[-1]["epsilon"][name] == pytest.approx(ledger.epsilon(), rel=1e-9)
+    events = [json.loads(line)["event"] for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert "resumed" in events
+    assert flower_processes_under(out) == []
+
+
+def test_flwr_run_dot_with_the_tiny_config(tmp_path, tiny_data):
+    """What a Flower user types: `flwr run .` on the project, managed local SuperLink included."""
+    out = prepared_out(tmp_path, tiny_data)
+    group = ProcessGroup(tmp_path / "flwr-home")
+    group.env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(_free_port())
+    group.env["FLWR_LOCAL_CONTROL_API_PORT"] = str(_free_port())
+    try:
+        result = subprocess.run(
+            ["flwr", "run", ".", "--stream", "--federation-config", "num-supernodes=3 client-resources-num-cpus=1",
+             "--run-config", f'out-dir="{out}" num-server-rounds=1'],
+            cwd=ROOT, env=group.env, capture_output=True, text=True, timeout=500)
+        run_id = started_run_id(result.stdout + result.stderr)
+        assert run_id is not None, result.stdout[-2000:] + result.stderr[-2000:]
+        assert run_status(group, "local", run_id) == "finished:completed"
+        assert [line["round"] for line in read_metrics(out)] == [0, 1]
+    finally:
+        group.stop()  # the managed SuperLink outlives `flwr run`; it carries our tag
+    assert group.alive() == []
+
+
+def _free_port() -> int:
+    from server.flower_processes import free_port
+
+    return free_port()
+
+
+def test_cli_exit_code_is_non_zero_when_the_run_fails(tmp_path, tiny_data):
+    out = prepared_out(tmp_path, tiny_data)
+    broken = tmp_path / "broken.yaml"  # a task whose central data is fine but a model the data cannot fit
+    broken.write_text(TINY.read_text().replace("max_len: 192", "max_len: 100"))
+    result = subprocess.run([sys.executable, "-m", "common.cli", "simulate", "--config", str(broken),
+                             "--out", str(out), "--rounds", "1", "--timeout", "300"],
+                            capture_output=True, text=True, timeout=400, env={**os.environ})
+    assert result.returncode == 1
+    assert "simulation failed" in result.stderr
+    assert flower_processes_under(out) == []
