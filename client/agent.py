@@ -11,8 +11,14 @@ import torch
 
 from client.institution import load_institution_data
 from client.ledger import BudgetExhausted, PrivacyLedger
-from client.trainer import (RoundResult, planned_segments, resolve_device, seed_everything, state_dict_cpu,
-                            train_round)
+from client.trainer import (
+    RoundResult,
+    planned_segments,
+    resolve_device,
+    seed_everything,
+    state_dict_cpu,
+    train_round,
+)
 from common.config import InstitutionConfig, TrainingConfig
 from common.data.dataset import GenomicDataset
 from common.evaluation import evaluate

@@ -16,6 +16,8 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -97,20 +99,36 @@ def run_supernode(command: list[str]) -> tuple[int, bool]:
            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
     process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, bufsize=1)
-    refused = False
-    try:
-        for line in process.stdout:  # pass the SuperNode's log through, watching for a refusal
+    refused = threading.Event()
+
+    def relay() -> None:  # pass the SuperNode's log through, watching for a refusal
+        for line in process.stdout:
             sys.stderr.write(line)
-            refused = refused or "Failed to activate SuperNode" in line or f"Exit Code: {KEY_NOT_REGISTERED}" in line
-        return process.wait(), refused
+            if "Failed to activate SuperNode" in line or f"Exit Code: {KEY_NOT_REGISTERED}" in line:
+                refused.set()
+
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
+    try:
+        code = process.wait()
     finally:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        # The SuperNode's own children (SuperExec, app processes) share its session and would
+        # outlive it, retrying forever: stop the whole session whenever the SuperNode ends.
+        _stop_session(process)
+        reader.join(timeout=5)
+    return code, refused.is_set()
+
+
+def _stop_session(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    time.sleep(0.5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -121,6 +139,9 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--key", type=Path, help="the institution's private key (enrolled with the server)")
     parser.add_argument("--insecure", action="store_true", help="no TLS: local experiments only")
     parser.add_argument("--port", type=int, default=9094, help="local port of the SuperNode's app API")
+    parser.add_argument("--activation-wait", type=float, default=90.0, metavar="SECONDS",
+                        help="keep retrying a refused activation this long: after a crash the server still "
+                             "holds the old connection for about a minute (default 90)")
     parser.set_defaults(func=run_client_command)
 
 
@@ -144,10 +165,27 @@ def run_client_command(args: argparse.Namespace) -> int:
     command = supernode_command(institution=args.institution, server=args.server,
                                 ca=None if args.insecure else args.root_certificates, key=args.key, port=args.port)
     try:
-        code, refused = run_supernode(command)
+        code, refused = run_until_admitted(command, wait=args.activation_wait)
     except KeyboardInterrupt:
         return 130
     if refused:
-        console.print(f"[red]the server refused this institution's key ({args.key}): it is not registered. "
-                      "Ask the coordinating site to enroll the matching public key.[/red]")
+        console.print(f"[red]the server refused this institution's key ({args.key}): it is not registered, or "
+                      "an agent with this key is still connected. Ask the coordinating site to enroll the "
+                      "matching public key.[/red]")
     return code
+
+
+def run_until_admitted(command: list[str], *, wait: float) -> tuple[int, bool]:
+    """Run the SuperNode; while the server refuses its activation, try again for ``wait`` seconds.
+
+    Flower answers "not registered" and "a node with this key is still online" with the same
+    error, and a crashed agent's old connection stays online until its heartbeats lapse (about a
+    minute): a restarted agent must be patient before concluding that its key is not enrolled."""
+    deadline = time.monotonic() + wait
+    while True:
+        code, refused = run_supernode(command)
+        if not refused or time.monotonic() >= deadline:
+            return code, refused
+        console.print("[yellow]activation refused; retrying in 10 s (a previous connection may still be "
+                      "open on the server)[/yellow]")
+        time.sleep(10)

@@ -19,7 +19,14 @@ from rich.table import Table
 from client.agent import REFUSED, InstitutionAgent
 from client.institution import load_institution
 from common.checkpoint import save_checkpoint
-from common.config import ConfigError, PrivacyConfig, TrainingConfig, load_yaml, model_config_from, parse_config
+from common.config import (
+    ConfigError,
+    PrivacyConfig,
+    TrainingConfig,
+    load_yaml,
+    model_config_from,
+    parse_config,
+)
 from common.model import GenomicTransformer, ModelConfig
 from common.tasks import get_task
 

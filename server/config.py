@@ -8,8 +8,15 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from common.config import (InstitutionConfig, Species, StrictModel, SyntheticDataConfig, TaskName,
-                           TrainingConfig, load_config)
+from common.config import (
+    InstitutionConfig,
+    Species,
+    StrictModel,
+    SyntheticDataConfig,
+    TaskName,
+    TrainingConfig,
+    load_config,
+)
 from common.model import ModelConfig
 from common.tasks import TASK_NAMES
 

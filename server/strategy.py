@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from common import protocol as p
 from common.model import head_of
@@ -74,6 +76,18 @@ class SpeciesFedAvg(FedAvg):
         self.min_train_institutions = min_train_institutions
         self.global_weights: dict[str, np.ndarray] = {}
         self.rounds: dict[int, RoundRecord] = {}
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+                        ) -> Iterable[Message]:
+        # FedAvg sizes its sample from the nodes connected *before* it waits for the minimum, so
+        # a slow institution could be left out of round 1: wait first, then sample.
+        sample_nodes(grid, self.min_available_nodes, 0)
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+                           ) -> Iterable[Message]:
+        sample_nodes(grid, self.min_available_nodes, 0)
+        return super().configure_evaluate(server_round, arrays, config, grid)
 
     def set_global(self, arrays: ArrayRecord) -> None:
         self.global_weights = {k: v.numpy() for k, v in arrays.to_torch_state_dict().items()}

@@ -3,8 +3,15 @@
 import numpy as np
 import pytest
 
-from server.aggregation import (BACKBONE, AggregationError, Update, UpdateRejected, aggregate,
-                                contributor_weights, validate_update)
+from server.aggregation import (
+    BACKBONE,
+    AggregationError,
+    Update,
+    UpdateRejected,
+    aggregate,
+    contributor_weights,
+    validate_update,
+)
 
 GLOBAL = {"embedding.weight": np.zeros(2, np.float32), "heads.promoter.w": np.zeros(1, np.float32),
           "heads.splice.w": np.zeros(1, np.float32), "heads.coding.w": np.full(1, 7.0, np.float32)}

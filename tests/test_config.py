@@ -1,7 +1,14 @@
 import pytest
 
-from common.config import (ConfigError, InstitutionConfig, PrivacyConfig, TrainingConfig, load_config,
-                           model_config_from, parse_config)
+from common.config import (
+    ConfigError,
+    InstitutionConfig,
+    PrivacyConfig,
+    TrainingConfig,
+    load_config,
+    model_config_from,
+    parse_config,
+)
 from common.model import ModelConfig
 from common.tasks import TASK_NAMES
 

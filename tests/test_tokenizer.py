@@ -1,8 +1,19 @@
 import numpy as np
 import pytest
 
-from common.tokenizer import (A_ID, C_ID, G_ID, N_ID, PAD_ID, T_ID, VOCAB, SequenceError, decode, encode,
-                              encode_batch)
+from common.tokenizer import (
+    A_ID,
+    C_ID,
+    G_ID,
+    N_ID,
+    PAD_ID,
+    T_ID,
+    VOCAB,
+    SequenceError,
+    decode,
+    encode,
+    encode_batch,
+)
 
 
 def test_vocabulary_layout():

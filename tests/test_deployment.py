@@ -1,0 +1,173 @@
+"""The deployment engine for real: `helixfed server` (SuperLink with TLS and SuperNode
+authentication) and `helixfed client` agents as separate processes on loopback."""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from client.ledger import PrivacyLedger
+from common.data_cli import synth_from_config
+from server.flower_processes import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+MARKER = "HELIXFED_TEST_PROCESS"
+pytestmark = pytest.mark.timeout(600)
+
+
+class Processes:
+    """Every process a test starts carries a marker in its environment; teardown kills them all."""
+
+    def __init__(self):
+        self.marker = uuid.uuid4().hex
+
+    def start(self, *args: str, log: Path, who: str = "") -> subprocess.Popen:
+        env = {**os.environ, MARKER: f"{self.marker}:{who}"}
+        return subprocess.Popen([sys.executable, "-m", "common.cli", *args], env=env, cwd=ROOT,
+                                stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+
+    def pids(self, who: str | None = None) -> list[int]:
+        needle = f"{MARKER}={self.marker}:{who or ''}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    environ = (entry / "environ").read_bytes().split(b"\0")
+                    stat = (entry / "stat").read_text().split()
+                    if stat[2] != "Z" and any(v.startswith(needle) for v in environ):
+                        found.append(int(entry.name))
+        return found
+
+    def kill(self, who: str | None = None) -> None:
+        for pid in self.pids(who):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def processes():
+    tracker = Processes()
+    yield tracker
+    tracker.kill()
+    time.sleep(0.5)
+    assert tracker.pids() == [], "a process started by the test outlived it"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """Certificates for three institutions, their data, and one institution file each."""
+    root = tmp_path_factory.mktemp("deployment")
+    synth_from_config(TINY, root / "data")
+    subprocess.run([sys.executable, "-m", "common.cli", "certs", "--out", str(root / "certs"), "--server-name",
+                    "localhost", "--institutions", "oslo-uh,jackson-lab,ecoli-reference"], check=True, cwd=ROOT)
+    return root
+
+
+def write_institutions(site: Path, tmp: Path) -> None:
+    """One institution file each, with a ledger of its own under this test's directory."""
+    for entry in yaml.safe_load(TINY.read_text())["institutions"]:
+        entry.update(data_dir=str(site / "data" / entry["name"]), state_dir=f"state/{entry['name']}", device="cpu")
+        (tmp / f"{entry['name']}.yaml").write_text(yaml.safe_dump(entry))
+
+
+def federation(site: Path, out: Path, *, enrolled: list[str], rounds: int, available: int) -> Path:
+    config = yaml.safe_load(TINY.read_text())
+    config.pop("institutions"), config.pop("data")
+    config.update(name="deployed", output_dir=str(out), enrolled=[
+        {"name": n, "public_key": str(site / "certs" / "institutions" / f"{n}.pub")} for n in enrolled])
+    config["central_evaluation"]["data_dir"] = str(site / "data" / "central")
+    config["federation"].update(rounds=rounds, min_available_institutions=available, min_train_institutions=2,
+                                round_timeout_s=300)
+    path = out.parent / "federation.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def start_server(processes, site, config: Path, port: int, log: Path) -> subprocess.Popen:
+    server = processes.start("server", "--config", str(config), "--tls-dir", str(site / "certs"),
+                             "--host", "127.0.0.1", "--port", str(port), log=log, who="server")
+    deadline = time.monotonic() + 60
+    while "waiting for" not in log.read_text(errors="replace"):
+        assert server.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.5)
+    return server
+
+
+def start_agent(processes, site, name: str, port: int, tmp: Path, wait: float = 90) -> subprocess.Popen:
+    return processes.start("client", "--institution", str(tmp / f"{name}.yaml"), "--server", f"localhost:{port}",
+                           "--root-certificates", str(site / "certs" / "ca.crt"),
+                           "--key", str(site / "certs" / "institutions" / name), "--activation-wait", str(wait),
+                           "--port", str(free_port()), log=tmp / f"{name}.log", who=name)
+
+
+def audit_events(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+
+
+def test_two_agents_complete_two_rounds_and_an_unregistered_key_is_refused(site, tmp_path, processes):
+    out, port = tmp_path / "out", free_port()
+    write_institutions(site, tmp_path)
+    config = federation(site, out, enrolled=["oslo-uh", "jackson-lab"], rounds=2, available=2)
+    server = start_server(processes, site, config, port, tmp_path / "server.log")
+    agents = [start_agent(processes, site, n, port, tmp_path) for n in ("oslo-uh", "jackson-lab")]
+    rogue = start_agent(processes, site, "ecoli-reference", port, tmp_path, wait=0)
+
+    assert rogue.wait(timeout=120) != 0
+    assert "not registered" in (tmp_path / "ecoli-reference.log").read_text()
+    assert server.wait(timeout=400) == 0, (tmp_path / "server.log").read_text()[-3000:]
+
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in history] == [0, 1, 2]
+    assert set(history[-1]["institutions"]) == {"oslo-uh", "jackson-lab"}
+    assert (out / "final" / "weights.pt").is_file() and (out / "report.md").is_file()
+    events = audit_events(out)
+    kinds = [e["event"] for e in events]
+    assert kinds.count("institution_enrolled") == 2 and kinds.count("institution_connected") == 2
+    assert kinds.count("trained") == 4 and "checkpoint_written" in kinds and "run_finished" in kinds
+    assert all(e["institution"] != "ecoli-reference" for e in events if "institution" in e)
+    for agent in agents:
+        agent.send_signal(signal.SIGTERM)  # agents stop cleanly, taking their SuperNodes with them
+        assert agent.wait(timeout=30) is not None
+
+
+def test_an_agent_killed_mid_run_leaves_an_intact_ledger_and_continues_after_restart(site, tmp_path, processes):
+    out, port = tmp_path / "out", free_port()
+    names = ["oslo-uh", "jackson-lab", "ecoli-reference"]
+    write_institutions(site, tmp_path)
+    config = federation(site, out, enrolled=names, rounds=3, available=3)
+    server = start_server(processes, site, config, port, tmp_path / "server.log")
+    for name in names:
+        start_agent(processes, site, name, port, tmp_path)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not metrics.exists() or len(metrics.read_text().splitlines()) < 2:  # round 1 done
+        assert time.monotonic() < deadline and server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+        time.sleep(0.5)
+
+    processes.kill("ecoli-reference")  # the machine dies: agent, SuperNode and app, all at once
+    state = tmp_path / "state" / "ecoli-reference"
+    ledger = PrivacyLedger.load(state)  # intact, not corrupt
+    spent = ledger.epsilon()
+    assert len(ledger.rounds) in (1, 2) and spent > 0
+    time.sleep(2)
+    start_agent(processes, site, "ecoli-reference", port, tmp_path)
+
+    assert server.wait(timeout=500) == 0, (tmp_path / "server.log").read_text()[-3000:]
+    history = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [line["round"] for line in history] == [0, 1, 2, 3]
+    assert {"oslo-uh", "jackson-lab"} <= {n for n, r in history[2]["institutions"].items() if r["status"] == "trained"}
+    after = PrivacyLedger.load(state)
+    assert after.epsilon() >= spent and [r.round for r in after.rounds][: len(ledger.rounds)] == \
+        [r.round for r in ledger.rounds]  # the restarted agent went on from its ledger
+    assert history[-1]["institutions"]["ecoli-reference"]["status"] == "trained"
+    assert history[-1]["epsilon"]["ecoli-reference"] == pytest.approx(after.epsilon(), rel=1e-9)
