@@ -24,9 +24,10 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/helixfed simulate --config configs/demo.yaml --fresh
 
-# The CPU benchmark suite (not part of `make test`); results go to bench/RESULTS.md by hand.
+# The CPU benchmark suite (not part of `make test`): bench/results/*.md, then bench/RESULTS.md.
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/make_results.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check common client server tests bench

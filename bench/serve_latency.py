@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = args.checkpoint or default_checkpoint(Path(scratch))
         process, address = start_server(checkpoint, batch=args.batch, max_workers=args.max_workers,
-                                        max_rpcs=max(max(args.clients), args.max_workers))
+                                        # headroom: channels of the previous round may still count
+                                        max_rpcs=2 * max(max(args.clients), args.max_workers))
         try:
             rows = [measure(address, clients=c, requests=args.requests, batch=args.batch, length=args.length,
                             task=args.task) for c in args.clients]

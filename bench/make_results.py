@@ -1,0 +1,40 @@
+"""Assemble bench/RESULTS.md from the per-script records in bench/results/ (written by
+bench/run_all.py), in the order the suite runs them, under a short index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ORDER = ("model_step", "dp_overhead", "privacy_audit", "serve_latency", "privacy_utility", "species_weighting",
+         "scale", "deploy_overhead", "gpu")
+TITLES = {"model_step": "DP vs non-DP training step (issue 2)", "dp_overhead": "DP cost through the trainer, FLOP/s (issues 4, 8.3)",
+          "privacy_audit": "Privacy audit: canary exposure, membership inference (issue 8.5)",
+          "serve_latency": "Evaluation service latency (issue 7)", "privacy_utility": "Privacy vs utility (issue 8.1)",
+          "species_weighting": "Species weighting (issue 8.2)", "scale": "Scale and aggregation throughput (issue 8.4)",
+          "deploy_overhead": "Deployment vs simulation round overhead (issue 6)", "gpu": "GPU (issue 8.6)"}
+INTRO = """# Benchmark results
+
+Every number the README quotes comes from one of these records. Each section is the verbatim output of
+one script in `bench/`, with the command, date, machine and the machine's load while it ran: these
+2-core VMs are shared, so compare ratios measured side by side in one run, not absolute times across
+sections. Reproduce everything with `make bench` (CPU suite, about 20 minutes on 2 cores; `bench/run_all.py`
+writes `bench/results/*.md`, then `python bench/make_results.py` rebuilds this file). `bench/gpu.sh` is
+the GPU script, run on a lent GPU machine only.
+"""
+
+
+def main() -> None:
+    parts = [INTRO, "\n## Contents\n"]
+    present = [name for name in ORDER if (HERE / "results" / f"{name}.md").is_file()]
+    parts += [f"- [{TITLES[name]}](#{name.replace('_', '-')})" for name in present]
+    for name in present:
+        body = (HERE / "results" / f"{name}.md").read_text().strip()
+        body = "\n".join(line for line in body.splitlines() if not line.startswith("<!--"))
+        body = body.replace("\n# ", "\n### ").removeprefix("# ")
+        parts.append(f"\n<a id=\"{name.replace('_', '-')}\"></a>\n## {TITLES[name]}\n\n{body}\n")
+    (HERE / "RESULTS.md").write_text("\n".join(parts) + "\n")
+
+
+if __name__ == "__main__":
+    main()
