@@ -22,6 +22,9 @@ mouse), DP on, the same generated data for every variant. Variants, run one afte
   that imports the heavy third-party libraries once and forks per task, the child running Flower's
   ``run_clientapp`` exactly as ``flwr-clientapp`` would. The app's own modules are not pre-imported,
   so the code that runs is always the FAB the server shipped. Poll interval 0.05 s as above.
+* ``deployed-noeval``: as ``deployed`` with ``federation.fraction_evaluate: 0`` (no federated
+  evaluation on the institutions' test splits; the server's central evaluation still runs), so
+  each agent gets one message per round instead of two: a mitigation available without code.
 
 Each agent's log is timestamped here as its lines arrive, which splits a message's time into its
 pull from the SuperLink, its time inside the agent and the push of the reply.
@@ -52,8 +55,12 @@ TINY = ROOT / "configs" / "tiny.yaml"
 INSTITUTIONS = ("oslo-uh", "jackson-lab")
 MARKER = "HELIXFED_BENCH_PROCESS"
 POLL = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05"}
-VARIANTS = ("simulated", "deployed", "deployed-poll", "deployed-warm")
-DEFAULT_VARIANTS = ("simulated", "deployed", "deployed-warm")
+# Deployed variants: the agent (helixfed client, or SuperNode + warm SuperExec), the agents' extra
+# environment, and whether the server asks for federated evaluation (a second message per round).
+DEPLOYED = {"deployed": ("client", None, True), "deployed-poll": ("client", POLL, True),
+            "deployed-warm": ("warm", POLL, True), "deployed-noeval": ("client", None, False)}
+VARIANTS = ("simulated", *DEPLOYED)
+DEFAULT_VARIANTS = ("simulated", "deployed", "deployed-warm", "deployed-noeval")
 CLOCK_ZERO = time.monotonic()
 # Third-party libraries a helixfed ClientApp imports (client.app -> trainer, evaluation, metrics).
 WARM_IMPORTS = ("torch", "opacus", "numpy", "sklearn.metrics", "yaml", "pydantic", "flwr.app", "flwr.clientapp")
@@ -256,14 +263,17 @@ def prepare(work: Path, rounds: int) -> Path:
     return path
 
 
-def deployment_files(sim_config: Path, out: Path) -> tuple[Path, list[Path]]:
-    """The server's federation file (no inline institutions) and one institution file per agent."""
+def deployment_files(sim_config: Path, out: Path, *, evaluate: bool) -> tuple[Path, list[Path]]:
+    """The server's federation file (no inline institutions; ``evaluate`` False: no federated
+    evaluation, so one message per institution and round) and one institution file per agent."""
     import yaml
 
     config = yaml.safe_load(sim_config.read_text())
     institutions = config.pop("institutions")
     data = Path(config.pop("data_dir"))
     config.pop("data")
+    if not evaluate:
+        config["federation"]["fraction_evaluate"] = 0.0
     config.update(output_dir=str(out / "run"), central_evaluation={**config.get("central_evaluation", {}),
                                                                      "data_dir": str(data / "central")})
     out.mkdir(parents=True, exist_ok=True)
@@ -298,13 +308,13 @@ def run_simulated(procs: Processes, sim_config: Path, work: Path, timeout: float
 
 
 def start_agent(procs: Processes, variant: str, institution: Path, server_port: int, out: Path) -> None:
-    """One institution's agent: ``helixfed client`` (deployed, deployed-poll) or, for deployed-warm,
-    the same SuperNode command with ``--isolation process`` beside a warm SuperExec."""
+    """One institution's agent: ``helixfed client``, or (deployed-warm) the SuperNode command it
+    would run, with ``--isolation process``, beside a warm SuperExec."""
     from client.supernode_cli import supernode_command
 
     log, runtime_port = out / f"{institution.stem}.log", free_port()
-    if variant != "deployed-warm":
-        env = POLL if variant == "deployed-poll" else None
+    agent, env, _ = DEPLOYED[variant]
+    if agent == "client":
         procs.start(helixfed("client", "--institution", str(institution), "--server", f"127.0.0.1:{server_port}",
                              "--insecure", "--port", str(runtime_port)), log=log, env=env, timestamps=True)
         return
@@ -312,12 +322,12 @@ def start_agent(procs: Processes, variant: str, institution: Path, server_port: 
                                 port=runtime_port)
     procs.start([*command, "--isolation", "process"], log=log, timestamps=True)
     procs.start([sys.executable, str(Path(__file__).resolve()), "warm-superexec", "--runtime-api-address",
-                 f"127.0.0.1:{runtime_port}"], log=out / f"{institution.stem}-superexec.log", env=POLL)
+                 f"127.0.0.1:{runtime_port}"], log=out / f"{institution.stem}-superexec.log", env=env)
 
 
 def run_deployed(procs: Processes, variant: str, sim_config: Path, work: Path, timeout: float) -> dict:
     out = work / variant
-    federation, institutions = deployment_files(sim_config, out)
+    federation, institutions = deployment_files(sim_config, out, evaluate=DEPLOYED[variant][2])
     port, started = free_port(), time.monotonic()
     server = procs.start(helixfed("server", "--config", str(federation), "--insecure", "--host", "127.0.0.1",
                                   "--port", str(port)), log=out / "server.log")
@@ -392,22 +402,24 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def benchmark(args: argparse.Namespace) -> None:
-    started, load_before = time.monotonic(), " ".join(f"{v:.2f}" for v in os.getloadavg())
+def run_variants(args: argparse.Namespace, work: Path) -> dict[str, dict]:
+    """Each variant in turn; everything a variant started is stopped before the next one starts."""
     procs, results = Processes(), {}
-    with tempfile.TemporaryDirectory(prefix="helixfed-deploy-") as tmp:
-        work = (args.work or Path(tmp)).resolve()
-        sim_config = prepare(work, args.rounds)
-        try:
-            for variant in args.variants:
-                run = run_simulated if variant == "simulated" else \
-                    lambda p, c, w, t, v=variant: run_deployed(p, v, c, w, t)
-                results[variant] = run(procs, sim_config, work, args.timeout)
-                procs.stop()
-                print(f"{variant}: {results[variant]['seconds']:.0f} s", file=sys.stderr)
-        finally:
+    sim_config = prepare(work, args.rounds)
+    try:
+        for variant in args.variants:
+            results[variant] = run_simulated(procs, sim_config, work, args.timeout) if variant == "simulated" \
+                else run_deployed(procs, variant, sim_config, work, args.timeout)
             procs.stop()
-    print(f"# Deployment overhead (configs/tiny.yaml, {', '.join(INSTITUTIONS)}, DP on, {args.rounds} rounds, loopback)\n")
+            print(f"{variant}: {results[variant]['seconds']:.0f} s", file=sys.stderr)
+    finally:
+        procs.stop()
+    return results
+
+
+def report(results: dict[str, dict], args: argparse.Namespace) -> None:
+    print(f"# Deployment overhead (configs/tiny.yaml, {', '.join(INSTITUTIONS)}, DP on, {args.rounds} rounds, "
+          "loopback)\n")
     print("\n".join(table(results)))
     print("\nWhere a deployed message's time goes (medians over both agents and all rounds; timestamps taken "
           "here as the SuperNode's log lines arrive): pull, the SuperNode fetching the message from the SuperLink; "
@@ -415,13 +427,24 @@ def benchmark(args: argparse.Namespace) -> None:
           "the reply to the SuperLink. The rest of a round is waiting: for the other agent, for the server's "
           "aggregation and evaluation, and for the SuperNode's next poll.\n")
     print("\n".join(message_table(results)))
-    print(f"\nA fresh interpreter importing client.app (the ClientApp module): {cold_import_seconds():.1f} s (median of 3); "
-          "a deployed agent pays it for every message, two per round.")
+    print(f"\nA fresh interpreter importing client.app (the ClientApp module): {cold_import_seconds():.1f} s "
+          "(median of 3); a deployed agent pays it for every message (two per round with federated evaluation).")
     print("\nA round is the server's view (train and evaluate messages out and back, aggregation, central "
           "evaluation, checkpoint); the wall time adds starting and stopping the processes. Flower's SuperNode "
           "also sleeps 3 s whenever it finds no message waiting and polls for a finished reply every 0.5 s "
           "(hard-coded in 1.42), which no variant here changes.")
-    print(f"\nload average (1/5/15 min) before {load_before}, after {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
+
+
+def load_average() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def benchmark(args: argparse.Namespace) -> None:
+    started, load_before = time.monotonic(), load_average()
+    with tempfile.TemporaryDirectory(prefix="helixfed-deploy-") as tmp:
+        results = run_variants(args, (args.work or Path(tmp)).resolve())
+    report(results, args)
+    print(f"\nload average (1/5/15 min) before {load_before}, after {load_average()}; "
           f"total {time.monotonic() - started:.0f} s")
 
 

@@ -108,9 +108,10 @@ def run_script(script: str, timeout: float, results: Path = RESULTS) -> dict:
 
 
 def summary_cell(outcome: dict) -> str:
-    """The result file, or the last line of what went wrong."""
-    lines = outcome["message"].strip().splitlines()
-    return (lines[-1] if lines else "").replace("|", "/")
+    """The result file, or the line of the error that stopped the script (its last "...Error:" line)."""
+    lines = [line.strip() for line in outcome["message"].strip().splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line.split(":", 1)[0] or "Exception" in line.split(":", 1)[0]]
+    return ((errors or lines or [""])[-1])[:200].replace("|", "/")
 
 
 def parse_args() -> argparse.Namespace:
