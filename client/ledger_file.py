@@ -9,18 +9,18 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from client.accounting import ACCOUNTANTS, Segment, _as_segment, _extend, _is_int, _is_real
+from common.atomic import TEMP_SUFFIX, atomic_write_text
 
 LEDGER_FORMAT = "helixfed-privacy-ledger"
 LEDGER_VERSION = 1
 _LOCK_SUFFIX = ".lock"
-_TMP_SUFFIX = ".tmp"
+_TMP_SUFFIX = TEMP_SUFFIX  # what atomic_write_text leaves behind if killed
 
 
 class LedgerError(ValueError):
@@ -224,26 +224,7 @@ def _parse_budget_change(reader: _FieldReader, item: Any, where: str) -> BudgetC
 
 def _atomic_write(path: Path, text: str) -> None:
     """Replace `path` by `text` so that a crash at any moment leaves the old or the new file."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
-            tmp.write(text)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_directory(path.parent)  # makes the rename itself durable
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic_write_text(path, text)
 
 
 def _remove_stale_temp_files(path: Path) -> None:

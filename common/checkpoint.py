@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from common.atomic import fsync_directory
 from common.model import GenomicTransformer, ModelConfig, ModelConfigError
 
 FORMAT = "helixfed-checkpoint"
@@ -62,14 +63,6 @@ def _fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str | Path, *, weights: dict[str, torch.Tensor], model_config: ModelConfig,
                     tasks: tuple[str, ...], round: int, state: dict | None = None) -> Path:
     """Write a checkpoint directory atomically (replacing an existing one at ``path``)."""
@@ -84,7 +77,7 @@ def save_checkpoint(path: str | Path, *, weights: dict[str, torch.Tensor], model
     (staging / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True, allow_nan=True))
     for name in (WEIGHTS_FILE, META_FILE):
         _fsync_file(staging / name)
-    _fsync_dir(staging)
+    fsync_directory(staging)
     if path.exists():  # rename the old one away first: os.replace cannot replace a non-empty dir
         retired = path.with_name(f".{path.name}.old-{os.getpid()}")
         shutil.rmtree(retired, ignore_errors=True)
@@ -93,7 +86,7 @@ def save_checkpoint(path: str | Path, *, weights: dict[str, torch.Tensor], model
         shutil.rmtree(retired, ignore_errors=True)
     else:
         staging.rename(path)
-    _fsync_dir(path.parent)
+    fsync_directory(path.parent)
     return path
 
 

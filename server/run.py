@@ -24,6 +24,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from common import protocol as p
+from common.atomic import atomic_write_text
 from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from common.data.readers import load_dataset
 from common.evaluation import evaluate
@@ -184,10 +185,8 @@ class FederationRun:
                                            "accepted": sum(r.status == "trained" for r in record.train)})
 
     def _rewrite_metrics(self) -> None:
-        path = self.out_dir / METRICS_FILE
-        staging = path.with_suffix(".jsonl.tmp")
-        staging.write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in self.history))
-        os.replace(staging, path)
+        atomic_write_text(self.out_dir / METRICS_FILE,
+                          "".join(json.dumps(line, sort_keys=True) + "\n" for line in self.history))
 
     def _checkpoint(self, server_round: int) -> None:
         path = save_checkpoint(self.out_dir / CHECKPOINT_DIR / f"round-{server_round:04d}",

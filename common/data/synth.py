@@ -26,6 +26,7 @@ import yaml
 from rich.console import Console
 from rich.progress import Progress
 
+from common.atomic import atomic_write_text
 from common.data.dataset import DataError, Record
 from common.data.partition import split_train_val_test
 from common.data.synthetic import (
@@ -116,11 +117,7 @@ def _label_cell(record: Record) -> str:
 
 def _write_text(path: Path, text: str) -> None:
     """Write atomically: a reader never sees half a file, and a failure leaves the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8", newline="\n") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
+    atomic_write_text(path, text)
 
 
 def write_records(path: Path, records: Sequence[Record], *, per_position: bool) -> None:
