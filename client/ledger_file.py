@@ -224,7 +224,7 @@ def _parse_budget_change(reader: _FieldReader, item: Any, where: str) -> BudgetC
 
 def _atomic_write(path: Path, text: str) -> None:
     """Replace `path` by `text` so that a crash at any moment leaves the old or the new file."""
-    atomic_write_text(path, text)
+    atomic_write_text(path, text, mode=0o600)  # the institution's own record: not for other users
 
 
 def _remove_stale_temp_files(path: Path) -> None:

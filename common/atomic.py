@@ -20,18 +20,20 @@ def fsync_directory(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Replace ``path`` by ``text`` so that a crash at any moment leaves the old or the new file.
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int = 0o644) -> None:
+    """Replace ``path`` by ``data`` so that a crash at any moment leaves the old or the new file.
 
-    The text goes to a temporary file beside it (``.<name>.<random>.tmp``), is flushed and fsynced,
-    renamed over ``path``, and the directory is fsynced so the rename survives a power cut.
+    The data goes to a temporary file beside it (``.<name>.<random>.tmp``) created with ``mode``
+    from the first byte on (a private key is never readable by others, even briefly), is flushed
+    and fsynced, renamed over ``path``, and the directory is fsynced so the rename survives a power cut.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as tmp:
-            tmp.write(text)
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
             tmp.flush()
             os.fsync(tmp.fileno())
         os.replace(tmp_name, path)
@@ -40,3 +42,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             os.unlink(tmp_name)
         raise
     fsync_directory(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, mode: int = 0o644) -> None:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8 with ``\n`` line ends."""
+    atomic_write_bytes(path, text.encode("utf-8"), mode=mode)

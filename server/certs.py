@@ -20,13 +20,10 @@ own machine and send only the public key to the coordinating site.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import ipaddress
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +32,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from common.atomic import atomic_write_bytes
 
 CURVE = ec.SECP384R1()  # NIST P-384: Flower accepts NIST curves only for SuperNode keys
 INSTITUTIONS_DIR = "institutions"
@@ -198,25 +197,6 @@ def institution_key_pair(name: str) -> tuple[bytes, bytes]:
 # -- files -----------------------------------------------------------------------------------------
 
 
-def write_atomically(path: Path, data: bytes, *, mode: int) -> None:
-    """Write ``data`` to ``path`` with ``mode`` from the first byte on (the temporary file is
-    created with it, so a private key is never readable by others, even briefly), then rename
-    over the target, so a crash leaves the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(handle, mode)
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
 def _refuse_existing(paths: Sequence[Path], *, force: bool) -> None:
     """Checked before anything is written, so a refused call leaves the directory as it was."""
     existing = [str(p) for p in paths if p.exists()]
@@ -241,18 +221,18 @@ def _write_institution_keys(out_dir: Path, institutions: Sequence[str]) -> None:
     for name in institutions:
         private_path, public_path = institution_paths(out_dir, name)
         private, public = institution_key_pair(name)
-        write_atomically(private_path, private, mode=PRIVATE_MODE)
-        write_atomically(public_path, public, mode=PUBLIC_MODE)
+        atomic_write_bytes(private_path, private, mode=PRIVATE_MODE)
+        atomic_write_bytes(public_path, public, mode=PUBLIC_MODE)
 
 
 def _write_ca_and_server(out_dir: Path, identity: ServerIdentity, days: int) -> None:
     ca_cert, ca_key = make_ca(common_name=f"helixfed federation CA ({identity.common_name})", days=days)
     server_cert, server_key = make_server_certificate(identity, ca_cert=ca_cert, ca_key=ca_key, days=days)
-    write_atomically(out_dir / "ca.key", _pem_private_key(ca_key), mode=PRIVATE_MODE)
-    write_atomically(out_dir / "ca.crt", _pem_certificate(ca_cert), mode=PUBLIC_MODE)
-    write_atomically(out_dir / "server.key", _pem_private_key(server_key), mode=PRIVATE_MODE)
+    atomic_write_bytes(out_dir / "ca.key", _pem_private_key(ca_key), mode=PRIVATE_MODE)
+    atomic_write_bytes(out_dir / "ca.crt", _pem_certificate(ca_cert), mode=PUBLIC_MODE)
+    atomic_write_bytes(out_dir / "server.key", _pem_private_key(server_key), mode=PRIVATE_MODE)
     # The CA signs the server certificate directly, so the chain a client needs is the leaf alone.
-    write_atomically(out_dir / "server.crt", _pem_certificate(server_cert), mode=PUBLIC_MODE)
+    atomic_write_bytes(out_dir / "server.crt", _pem_certificate(server_cert), mode=PUBLIC_MODE)
 
 
 def write_federation_certs(*, out_dir: Path, server_name: str, institutions: Sequence[str] = (),
