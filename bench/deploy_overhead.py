@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -246,8 +245,8 @@ def prepare(work: Path, rounds: int) -> Path:
     """The two-institution simulation config (data generated once, shared by every variant)."""
     import yaml
 
-    from server.config import load_federation
-    from server.simulate import ensure_data
+    from common.config import load_federation
+    from server.ops.simulate import ensure_data
 
     work.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load(TINY.read_text())
@@ -290,9 +289,10 @@ def deployment_files(sim_config: Path, out: Path, *, evaluate: bool) -> tuple[Pa
 # ---------------------------------------------------------------- the variants
 
 
-def round_seconds(metrics: Path) -> list[float]:
-    lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return [line["wall_seconds"] for line in lines if line["round"] > 0]
+def round_seconds(out: Path) -> list[float]:
+    from common.protocol import MetricsLog
+
+    return [line.wall_seconds for line in MetricsLog(out).read() if line.round > 0]
 
 
 def run_simulated(procs: Processes, sim_config: Path, work: Path, timeout: float) -> dict:
@@ -304,13 +304,13 @@ def run_simulated(procs: Processes, sim_config: Path, work: Path, timeout: float
     seconds = time.monotonic() - started
     if code != 0:
         raise RuntimeError(f"helixfed simulate exited {code}: {(out / 'command.log').read_text()[-2000:]}")
-    return {"seconds": seconds, "rounds": round_seconds(out / "metrics.jsonl")}
+    return {"seconds": seconds, "rounds": round_seconds(out)}
 
 
 def start_agent(procs: Processes, variant: str, institution: Path, server_port: int, out: Path) -> None:
     """One institution's agent: ``helixfed client``, or (deployed-warm) the SuperNode command it
     would run, with ``--isolation process``, beside a warm SuperExec."""
-    from client.supernode_cli import supernode_command
+    from client.commands.supernode import supernode_command
 
     log, runtime_port = out / f"{institution.stem}.log", free_port()
     agent, env, _ = DEPLOYED[variant]
@@ -343,7 +343,7 @@ def run_deployed(procs: Processes, variant: str, sim_config: Path, work: Path, t
         for kind, phases in message_seconds(out / f"{institution.stem}.log").items():
             for phase, values in phases.items():
                 messages.setdefault(kind, {}).setdefault(phase, []).extend(values)
-    return {"seconds": seconds, "rounds": round_seconds(out / "run" / "metrics.jsonl"), "messages": messages}
+    return {"seconds": seconds, "rounds": round_seconds(out / "run"), "messages": messages}
 
 
 def wait_for_text(log: Path, text: str, process: subprocess.Popen, *, timeout: float) -> None:

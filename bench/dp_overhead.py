@@ -32,8 +32,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from client.trainer import train_task_dp, train_task_plain
 from common.config import TrainingConfig
 from common.data.dataset import GenomicDataset, collate
-from common.data.synthetic import generate
 from common.model import GenomicTransformer, ModelConfig
+from common.synthetic.generator import generate
 from common.tasks import task_loss
 
 CPU = torch.device("cpu")

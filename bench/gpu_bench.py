@@ -27,8 +27,8 @@ import torch
 from client.trainer import train_task_dp, train_task_plain
 from common.config import TrainingConfig
 from common.data.dataset import GenomicDataset
-from common.data.synthetic import generate
 from common.model import GenomicTransformer, ModelConfig
+from common.synthetic.generator import generate
 
 
 @dataclass(frozen=True)

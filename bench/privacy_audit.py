@@ -1,7 +1,7 @@
 """Privacy audit at ε ∈ {1, 3, 8} and without DP: canary exposure and membership inference.
 
 Generates a small institution (human promoters), plants canaries in a copy of its training data
-and trains the audit's tiny model from one init without DP and at each budget (client/audit.py
+and trains the audit's tiny model from one init without DP and at each budget (client/privacy/canary_audit.py
 says what is planted and measured). Prints a markdown table; the never-seen canaries in each model
 are the control (what chance gives), the untrained model shows the secrets' scores before training.
 
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from client.audit import AuditSettings, audit_institution, run_name
+from client.privacy.canary_audit import AuditSettings, audit_institution, run_name
 from common.config import InstitutionConfig, PrivacyConfig, TrainingConfig
-from common.data.synthetic import generate
 from common.data.writers import write_split_tables
+from common.synthetic.generator import generate
 
 LENGTH = 170
 
@@ -99,7 +99,7 @@ def setup_lines(report: dict, args: argparse.Namespace) -> list[str]:
     return [f"- machine: {machine()}; {torch.get_num_threads()} torch thread(s), torch {torch.__version__}; "
             f"{time.strftime('%Y-%m-%d')}",
             f"- model: d_model={model['d_model']}, {model['n_layers']} layer(s), motif_kernel={model['motif_kernel']} "
-            f"(client.audit.AUDIT_MODEL); training: batch {training['batch_size']}, lr {training['learning_rate']:g}, "
+            f"(client.privacy.canary_audit.AUDIT_MODEL); training: batch {training['batch_size']}, lr {training['learning_rate']:g}, "
             f"{training['optimizer']}, {args.epochs:g} epochs, clip {report['max_grad_norm']:g}, "
             f"{report['accountant']} accountant, σ planned so the epochs spend exactly ε",
             f"- data: {report['records']['train']} human promoter training records + {args.canaries} canaries x "

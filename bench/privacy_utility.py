@@ -60,8 +60,6 @@ def federation_variant(base: dict, *, name: str, out_dir: Path, data_dir: Path, 
     config.update(name=name, output_dir=str(out_dir), data_dir=str(data_dir))
     config["federation"]["rounds"] = rounds
     config.setdefault("central_evaluation", {})["baselines"] = False
-    for institution in config["institutions"]:  # simulated institutions read <output_dir>/data otherwise
-        institution["data_dir"] = str(data_dir / institution["name"])
     if n_per_task is not None:
         config["data"]["n_per_task"] = n_per_task
     if central_n is not None:
@@ -90,8 +88,8 @@ def write_config(config: dict, path: Path) -> Path:
 
 
 def run_federation(config_file: Path, *, timeout: float = 1800.0) -> tuple[list[dict], float]:
-    """A whole simulated federation through ``server.simulate.simulate``: (history, wall seconds)."""
-    from server.simulate import simulate
+    """A whole simulated federation through ``server.ops.simulate.simulate``: (history, wall seconds)."""
+    from server.ops.simulate import simulate
 
     started = time.monotonic()
     history = simulate(config_file, fresh=True, timeout=timeout)
@@ -174,7 +172,7 @@ def train_centralized(config, train: dict[str, GenomicDataset], central: dict[st
 def classic_baselines(train: dict[str, GenomicDataset], central: dict[str, GenomicDataset],
                       ) -> dict[str, dict[str, float | None]]:
     """method -> task -> headline metric of the k-mer and PWM logistic regressions."""
-    from common.baselines import METHODS, applicable_methods, run_baseline
+    from common.analysis.baselines import METHODS, applicable_methods, run_baseline
 
     table: dict[str, dict[str, float | None]] = {m: {} for m in METHODS}
     for task, data in central.items():
@@ -192,7 +190,7 @@ def oracle(data_dir: Path, central: dict[str, GenomicDataset]) -> dict[str, floa
     (oracle.tsv, P(label = 1) per record) against the noisy labels, the best any model can expect.
     Splice: the manifest's site-window PWM PR-AUC (mean of donor and acceptor, then over species),
     a MaxEntScan-like reference, not a ceiling."""
-    from common.data.synthetic import matthews
+    from common.synthetic.generator import matthews
 
     manifest = yaml.safe_load((data_dir / "manifest.yaml").read_text())
     out: dict[str, float | None] = {}
@@ -229,10 +227,10 @@ def run_budgets(base: dict, work: Path, *, epsilons: list[float], rounds: int, n
         config = with_privacy(federation_variant(base, name=name, out_dir=work / name, data_dir=work / "data",
                                                  rounds=rounds, n_per_task=n_per_task), epsilon, rounds)
         history, seconds = run_federation(write_config(config, work / f"{name}.yaml"), timeout=timeout)
-        spent = [v for v in history[-1].get("epsilon", {}).values() if v is not None]
-        results[label] = {"central": headlines(history[-1]["central"]), "seconds": seconds,
+        spent = [v for v in history[-1].epsilon.values() if v is not None]
+        results[label] = {"central": headlines(history[-1].central), "seconds": seconds,
                           "epsilon": max(spent) if spent else None,
-                          "round_seconds": float(np.mean([h["wall_seconds"] for h in history[1:]]))}
+                          "round_seconds": float(np.mean([h.wall_seconds for h in history[1:]]))}
         print(f"federation ε={label}: {seconds:.0f} s", file=sys.stderr)
     return results
 
@@ -383,7 +381,7 @@ def references(config, rounds: int) -> dict:
 
 
 def main() -> None:
-    from server.config import load_federation
+    from common.config import load_federation
 
     args = parse_args()
     started, load_before = time.monotonic(), load_average()

@@ -41,6 +41,8 @@ from privacy_utility import (  # noqa: E402
     write_config,
 )
 
+from common.protocol import Status  # noqa: E402
+
 TINY = ROOT / "configs" / "tiny.yaml"
 SPECIES = ("human", "mouse", "fruit_fly", "yeast", "e_coli")
 SAMPLE_SECONDS = 0.5
@@ -110,14 +112,14 @@ def scale_config(base: dict, k: int, work: Path, *, rounds: int, n_per_task: int
 def measure_federation(base: dict, k: int, work: Path, args: argparse.Namespace) -> dict:
     config = scale_config(base, k, work, rounds=args.rounds, n_per_task=args.n_per_task)
     path = write_config(config, work / f"k{k}.yaml")
-    sampler = MemorySampler(f"FLWR_HOME={Path(config['output_dir']) / '.flwr'}")  # set by server.simulate
+    sampler = MemorySampler(f"FLWR_HOME={Path(config['output_dir']) / '.flwr'}")  # set by server.ops.simulate
     sampler.start()
     try:
         history, seconds = run_federation(path, timeout=args.timeout)
     finally:
         sampler.stop()
-    rounds = [h["wall_seconds"] for h in history[1:]]
-    trained = [sum(r["status"] == "trained" for r in h["institutions"].values()) for h in history[1:]]
+    rounds = [h.wall_seconds for h in history[1:]]
+    trained = [len(h.with_status(Status.TRAINED)) for h in history[1:]]
     print(f"{k} institutions: {seconds:.0f} s", file=sys.stderr)
     return {"k": k, "seconds": seconds, "rounds": rounds, "trained": min(trained), "rss": sampler.peak_rss,
             "pss": sampler.peak_pss, "processes": sampler.peak_processes}

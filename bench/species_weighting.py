@@ -67,9 +67,9 @@ def mode_config(base: dict, mode: str, seed: int, work: Path, *, rounds: int, n_
     return with_privacy(config, 8.0 if dp else float("inf"), rounds)
 
 
-def majority_share(history: list[dict]) -> float | None:
+def majority_share(history: list) -> float | None:
     """The human institutions' summed weight in the last round's backbone average."""
-    weights = history[-1].get("aggregation", {}).get("<backbone>", {})
+    weights = history[-1].aggregation.get("<backbone>", {})
     return sum(w for name, w in weights.items() if name.startswith(MAJORITY)) if weights else None
 
 
@@ -77,7 +77,7 @@ def run_once(base: dict, mode: str, seed: int, work: Path, args: argparse.Namesp
     """{"scores": {"all" | species: {task: headline}}, "share": human's weight, "seconds": wall}."""
     config = mode_config(base, mode, seed, work, rounds=args.rounds, n_per_task=args.n_per_task, dp=args.dp)
     history, seconds = run_federation(write_config(config, work / f"{mode}-seed{seed}.yaml"), timeout=args.timeout)
-    central = history[-1]["central"]
+    central = history[-1].central
     species = sorted({s for m in central.values() for s in m.get("species", {})})
     print(f"{mode} seed {seed}: {seconds:.0f} s", file=sys.stderr)
     return {"scores": {"all": headlines(central), **{s: headlines(central, s) for s in species}},

@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from client.institution import load_institution_data
-from client.ledger import BudgetExhausted, PrivacyLedger
+from client.privacy.ledger import BudgetExhausted, PrivacyLedger
 from client.trainer import (
     RoundResult,
     planned_segments,
@@ -21,19 +20,20 @@ from client.trainer import (
 )
 from common.config import InstitutionConfig, TrainingConfig
 from common.data.dataset import GenomicDataset
+from common.data.institution import load_institution_data
 from common.evaluation import evaluate
 from common.model import GenomicTransformer
+from common.protocol import Status
 
 log = logging.getLogger(__name__)
 
-TRAINED, REFUSED = "trained", "refused"
 
 
 @dataclass
 class TrainOutcome:
     """What an institution reports after a round: weights only when it trained."""
 
-    status: str  # TRAINED or REFUSED (budget exhausted) — a failure is an exception, not a status
+    status: Status  # TRAINED or REFUSED (budget exhausted) — a failure is an exception, not a status
     epsilon: float  # cumulative epsilon after this round (or now, when refused)
     delta: float
     budget: float
@@ -90,7 +90,7 @@ class InstitutionAgent:
         seed_everything(self.training.seed + 1009 * server_round)
         if self.ledger is None:
             result = self._run(model, train, dp=False, sigma=0.0)
-            return self._outcome(TRAINED, result, math.inf, 0.0, math.inf, model)
+            return self._outcome(Status.TRAINED, result, math.inf, 0.0, math.inf, model)
         privacy = self.config.privacy
         try:
             sigma = self.noise_multiplier(train)
@@ -101,12 +101,12 @@ class InstitutionAgent:
         if not check.allowed:
             log.warning("%s: budget exhausted (epsilon %.3f of %.3f; this round would reach %.3f)",
                         self.config.name, check.current, privacy.epsilon, check.projected)
-            return TrainOutcome(REFUSED, check.current, privacy.delta, privacy.epsilon,
+            return TrainOutcome(Status.REFUSED, check.current, privacy.delta, privacy.epsilon,
                                 reason=f"budget exhausted: epsilon {check.current:.4f} of {privacy.epsilon:g}, "
                                        f"next round would reach {check.projected:.4f}")
         result = self._run(model, train, dp=True, sigma=sigma)
         self.ledger.record_round(run_id=run_id, round=server_round, segments=result.segments)
-        return self._outcome(TRAINED, result, self.ledger.epsilon(), privacy.delta, privacy.epsilon, model,
+        return self._outcome(Status.TRAINED, result, self.ledger.epsilon(), privacy.delta, privacy.epsilon, model,
                              sigma)
 
     def _run(self, model: GenomicTransformer, train: dict[str, GenomicDataset], *, dp: bool,

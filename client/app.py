@@ -3,7 +3,8 @@
 Where the institution's config comes from:
 - deployment: the SuperNode's node config, ``--node-config 'institution="/path/inst.yaml"'``;
 - simulation: the run config's ``config-file`` (a federation file listing institutions inline)
-  and the node's ``partition-id``, with data and state under the run's output directory.
+  and the node's ``partition-id``, with data and state where the federation file places them
+  (:meth:`common.config.FederationConfig.institution`: the server reads the same).
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.agent import REFUSED, InstitutionAgent, TrainOutcome
-from client.institution import institution_from_federation, load_institution
+from client.agent import InstitutionAgent, TrainOutcome
 from common import protocol as p
-from common.config import TrainingConfig, parse_config
+from common.config import TrainingConfig, federation_from_run_config, load_institution, parse_config
 from common.model import GenomicTransformer, ModelConfig
-from common.runconfig import resolve_run_paths
+from common.protocol import Status
 
 log = logging.getLogger(__name__)
 app = ClientApp()
@@ -37,13 +37,11 @@ def agent_for(context: Context, training: TrainingConfig) -> InstitutionAgent:
         key = ("file", str(node["institution"]))
         make = lambda: InstitutionAgent(load_institution(node["institution"]), federation_training=training)  # noqa: E731
     else:
-        config_file, out_dir = resolve_run_paths(context.run_config)
         index = int(node["partition-id"])
-        key = ("sim", str(config_file), str(out_dir), index)
+        key = ("sim", tuple(sorted((k, str(v)) for k, v in context.run_config.items())), index)
 
         def make() -> InstitutionAgent:
-            institution = institution_from_federation(config_file, index, data_root=out_dir / "data",
-                                                      state_root=out_dir / "state")
+            institution = federation_from_run_config(context.run_config).institution(index)
             return InstitutionAgent(institution, federation_training=training)
     if key not in _AGENTS:
         torch.set_num_threads(max(1, int(os.environ.get("HELIXFED_CLIENT_THREADS", "1"))))
@@ -67,12 +65,12 @@ def training_from(msg: Message) -> TrainingConfig:
 
 def meta(agent: InstitutionAgent, status: str, reason: str = "") -> ConfigRecord:
     return ConfigRecord({p.INSTITUTION: agent.config.name, p.SPECIES: agent.config.species,
-                         p.STATUS: status, p.REASON: reason})
+                         p.STATUS: str(status), p.REASON: reason})
 
 
 def encode_outcome(agent: InstitutionAgent, outcome: TrainOutcome) -> RecordDict:
     numbers = {p.NUM_EXAMPLES: sum(outcome.examples.values()), p.EPSILON: outcome.epsilon,
-               p.DELTA: outcome.delta, p.BUDGET: outcome.budget, p.REFUSED: float(outcome.status == REFUSED),
+               p.DELTA: outcome.delta, p.BUDGET: outcome.budget, p.REFUSED: float(outcome.status == Status.REFUSED),
                p.NOISE_MULTIPLIER: outcome.noise_multiplier}
     per_task = {t: {p.NUM_EXAMPLES: n, p.LOSS: outcome.losses.get(t, float("nan"))}
                 for t, n in outcome.examples.items()}
@@ -99,4 +97,4 @@ def evaluate(msg: Message, context: Context) -> Message:
     examples = sum(int(m[p.NUM_EXAMPLES]) for m in per_task.values())
     metrics = MetricRecord({p.NUM_EXAMPLES: examples, p.EPSILON: agent.epsilon(),
                             **p.flatten_task_metrics(per_task)})
-    return Message(RecordDict({p.METRICS: metrics, p.META: meta(agent, "evaluated")}), reply_to=msg)
+    return Message(RecordDict({p.METRICS: metrics, p.META: meta(agent, Status.EVALUATED)}), reply_to=msg)

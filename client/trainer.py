@@ -24,6 +24,7 @@ from opacus import PrivacyEngine
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch.utils.data import DataLoader
 
+from client.privacy.accounting import Segment
 from common.config import TrainingConfig
 from common.data.dataset import GenomicDataset, collate
 from common.model import GenomicTransformer, head_of, parameters_for_task
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
 warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
 
-Segment = tuple[float, float, int]  # (noise multiplier, sample rate, steps): one accountant entry
 
 
 @dataclass
@@ -77,9 +77,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def batches_per_epoch(*, examples: int, batch_size: int) -> int:
+    """``len(DataLoader)`` for ``examples`` records in batches of ``batch_size``."""
+    return math.ceil(examples / batch_size)
+
+
 def sample_rate(*, examples: int, batch_size: int) -> float:
     """Poisson sampling rate Opacus will use: ``1 / len(loader)`` for a loader of ``batch_size``."""
-    return 1.0 / math.ceil(examples / batch_size)
+    return 1.0 / batches_per_epoch(examples=examples, batch_size=batch_size)
+
+
+def steps_per_round(*, examples: int, training: TrainingConfig) -> int:
+    """Optimizer steps one round takes on one task: ``local_epochs`` epochs, at least one step.
+    The budget gate plans with it and the trainer stops at it, so both count the same steps."""
+    return max(1, round(training.local_epochs * batches_per_epoch(examples=examples,
+                                                                    batch_size=training.batch_size)))
 
 
 def planned_segments(datasets: dict[str, GenomicDataset], training: TrainingConfig,
@@ -88,8 +100,7 @@ def planned_segments(datasets: dict[str, GenomicDataset], training: TrainingConf
     segments = []
     for dataset in datasets.values():
         q = sample_rate(examples=len(dataset), batch_size=training.batch_size)
-        steps = max(1, round(training.local_epochs / q))
-        segments.append((noise_multiplier, q, steps))
+        segments.append((noise_multiplier, q, steps_per_round(examples=len(dataset), training=training)))
     return segments
 
 
@@ -149,7 +160,7 @@ def train_task_dp(model: GenomicTransformer, dataset: GenomicDataset, *, trainin
         data_loader=loader, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
         poisson_sampling=True, grad_sample_mode="hooks", wrap_model=False,
         noise_generator=_entropy_generator(device))
-    target_steps = max(1, round(training.local_epochs * len(loader)))
+    target_steps = steps_per_round(examples=len(dataset), training=training)
     losses: list[float] = []
     try:
         with BatchMemoryManager(data_loader=dp_loader, max_physical_batch_size=training.max_physical_batch_size,
@@ -192,7 +203,7 @@ def train_task_plain(model: GenomicTransformer, dataset: GenomicDataset, *, trai
     _set_trainable(model, task)
     optimizer = _make_optimizer(parameters_for_task(model, task), training)
     loader = DataLoader(dataset, batch_size=training.batch_size, collate_fn=collate, shuffle=True)
-    target_steps, steps, losses = max(1, round(training.local_epochs * len(loader))), 0, []
+    target_steps, steps, losses = steps_per_round(examples=len(dataset), training=training), 0, []
     autocast = _autocast(device, training.precision)
     try:
         while steps < target_steps:

@@ -1,12 +1,23 @@
-"""Configuration schema: YAML files parsed into typed, validated, frozen objects.
+"""Every configuration file's schema, and the one place that reads and resolves them.
 
-An unknown key, a wrong type or an out-of-range value is a ``ConfigError`` naming the file and
-the key path (``training.learning_rate``), the bad value and what was expected. Privacy settings
-live only here and in the files; nothing downstream hard-codes them.
+Two kinds of YAML file: a federation file (model, tasks, rounds, aggregation, central evaluation,
+outputs, and for a simulation its institutions inline) and an institution file (who it is, its
+data, its state directory, its privacy budget). Both sides import this module, so a file is
+validated once, the same way, wherever it is read. An unknown key, a wrong type or an
+out-of-range value is a ``ConfigError`` naming the file and the key path
+(``training.learning_rate``), the bad value and what was expected. Privacy settings live only
+here and in the files; nothing downstream hard-codes them.
+
+Paths: a federation file's paths resolve against a base directory (the working directory of the
+command that reads it, or the run config's ``base-dir`` for the Flower apps); an institution's
+``data_dir`` and ``state_dir`` resolve against the file they are written in. An inline institution
+without them keeps its data under the federation's ``data_dir`` and its ledger under
+``<output_dir>/state`` (:meth:`FederationConfig.institution`), the same for server and clients.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
@@ -14,8 +25,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from common.model import ModelConfig
-
-SPECIES_NAMES = ("human", "mouse", "fruit_fly", "yeast", "e_coli")
+from common.protocol import RunConfigKey
+from common.tasks import TASK_NAMES
 
 
 class ConfigError(ValueError):
@@ -30,7 +41,9 @@ class StrictModel(BaseModel):
 
 TaskName = Literal["promoter", "splice", "coding", "enhancer"]
 Species = Literal["human", "mouse", "fruit_fly", "yeast", "e_coli"]
-Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
+# An institution's name: a SuperNode's node config, a directory name and a certificate's subject.
+INSTITUTION_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+InstitutionName = Annotated[str, Field(pattern=INSTITUTION_NAME_PATTERN)]
 
 
 class TrainingConfig(StrictModel):
@@ -68,7 +81,7 @@ class PrivacyConfig(StrictModel):
 class InstitutionConfig(StrictModel):
     """One institution: who it is, what data it holds, where it keeps state, its budget."""
 
-    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+    name: InstitutionName
     species: Species
     tasks: tuple[TaskName, ...] = Field(min_length=1)
     data_dir: Path | None = None  # <data_dir>/<task>/{train,val,test}.tsv
@@ -94,6 +107,95 @@ class SyntheticDataConfig(StrictModel):
     central_n: int = Field(200, ge=10)  # central evaluation records per task and species
     difficulty: float = Field(0.5, ge=0.0, le=1.0)  # label noise, motif sharpness, decoys (see synthetic)
     lengths: dict[TaskName, Annotated[int, Field(ge=60, le=4096)]] = {}  # bases per window and task
+
+
+class FederationSection(StrictModel):
+    rounds: int = Field(5, ge=1, le=10000)
+    fraction_train: float = Field(1.0, gt=0.0, le=1.0)
+    fraction_evaluate: float = Field(1.0, ge=0.0, le=1.0)
+    min_train_institutions: int = Field(2, ge=1)  # fewer usable updates in a round is an error
+    min_available_institutions: int = Field(2, ge=1)  # wait for this many before a round starts
+    round_timeout_s: float = Field(3600.0, gt=0.0)
+
+
+class AggregationSection(StrictModel):
+    mode: Literal["species_balanced", "examples", "uniform"] = "species_balanced"
+    species_weights: dict[Species, float] = {}  # lambda_s; species not listed weigh 1
+    max_update_norm: float | None = Field(None, gt=0.0)  # reject updates moving further than this
+
+    @model_validator(mode="after")
+    def _positive_weights(self) -> AggregationSection:
+        bad = {k: v for k, v in self.species_weights.items() if not v > 0}
+        if bad:
+            raise ValueError(f"species_weights must be > 0, got {bad}")
+        return self
+
+
+class CentralEvaluationSection(StrictModel):
+    data_dir: Path | None = None  # <dir>/<task>/test.tsv; default: the generated central set
+    batch_size: int = Field(128, ge=1)
+    baselines: bool = True  # train the classic baselines once, for the report's reference column
+
+
+class EnrolledInstitution(StrictModel):
+    """An institution allowed to join a deployed federation: its SuperNode's public key."""
+
+    name: InstitutionName
+    public_key: Path  # OpenSSH ECDSA public key (``helixfed certs`` writes <tls-dir>/institutions/<name>.pub)
+
+
+class FederationConfig(StrictModel):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")] = "helixfed"
+    seed: int = 0
+    tasks: tuple[TaskName, ...] = TASK_NAMES  # type: ignore[assignment]
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    federation: FederationSection = FederationSection()
+    aggregation: AggregationSection = AggregationSection()
+    central_evaluation: CentralEvaluationSection = CentralEvaluationSection()
+    data: SyntheticDataConfig | None = None  # simulation: generate the institutions' data
+    data_dir: Path | None = None  # where institution data lives (default <output_dir>/data)
+    output_dir: Path = Path("runs/helixfed")
+    institutions: tuple[InstitutionConfig, ...] = ()  # inline institutions (simulation)
+    enrolled: tuple[EnrolledInstitution, ...] = ()  # deployment: who may connect
+    resume: bool = False
+
+    @model_validator(mode="after")
+    def _institutions_fit_the_federation(self) -> FederationConfig:
+        names = [i.name for i in self.institutions]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"institutions: duplicate names {duplicates}")
+        for index, institution in enumerate(self.institutions):
+            foreign = sorted(set(institution.tasks) - set(self.tasks))
+            if foreign:
+                raise ValueError(f"institutions.{index} ({institution.name}): tasks {foreign} are not "
+                                 f"federation tasks {list(self.tasks)}")
+        return self
+
+    def resolved(self, base: Path, *, file_dir: Path) -> FederationConfig:
+        """Every path absolute: the federation's against ``base``, inline institutions' against
+        ``file_dir`` (the federation file's directory)."""
+        output_dir = (base / self.output_dir).resolve()
+        data_dir = (base / self.data_dir).resolve() if self.data_dir else output_dir / "data"
+        central = self.central_evaluation
+        central_dir = (base / central.data_dir).resolve() if central.data_dir else data_dir / "central"
+        enrolled = tuple(e.model_copy(update={"public_key": (base / e.public_key).resolve()}) for e in self.enrolled)
+        institutions = tuple(_with_directories(i, file_dir, data_root=data_dir, state_root=output_dir / "state")
+                             for i in self.institutions)
+        return self.model_copy(update={
+            "output_dir": output_dir, "data_dir": data_dir, "enrolled": enrolled, "institutions": institutions,
+            "central_evaluation": central.model_copy(update={"data_dir": central_dir})})
+
+    def institution(self, index: int) -> InstitutionConfig:
+        """Inline institution ``index`` (a simulated SuperNode's ``partition-id``).
+
+        Raises:
+            ConfigError: no such entry.
+        """
+        if not 0 <= index < len(self.institutions):
+            raise ConfigError(f"institutions: no entry {index} (the federation lists {len(self.institutions)})")
+        return self.institutions[index]
 
 
 T = TypeVar("T", bound=BaseModel)
@@ -154,11 +256,75 @@ def load_config(path: str | Path, schema: type[T]) -> T:
     return parse_config(load_yaml(path), schema, source=str(path))
 
 
-def model_config_from(values: dict, *, source: str = "<config>") -> ModelConfig:
-    """A ``model:`` section as a validated ModelConfig (used by checkpoints and config files)."""
-    return parse_config({"model": values}, _ModelOnly, source=source).model
+
+def _with_directories(config: InstitutionConfig, file_dir: Path, *, data_root: Path | None = None,
+                      state_root: Path | None = None) -> InstitutionConfig:
+    """Relative data and state directories made absolute against the file they are written in (a
+    SuperNode's ClientApp runs in a directory of Flower's choosing); missing ones, when roots are
+    given, placed at ``<root>/<name>``."""
+    updates = {}
+    for key, root in (("data_dir", data_root), ("state_dir", state_root)):
+        value = getattr(config, key)
+        if value is not None and not value.is_absolute():
+            updates[key] = (file_dir / value).resolve()
+        elif value is None and root is not None:
+            updates[key] = root / config.name
+    return config.model_copy(update=updates) if updates else config
 
 
-class _ModelOnly(StrictModel):
-    model: ModelConfig
+def load_institution(path: str | Path) -> InstitutionConfig:
+    """Read an institution file (``configs/institutions/<name>.yaml``); data and state directories
+    must be given, relative to the file or absolute.
 
+    Raises:
+        ConfigError: bad file (names file and key path), or data_dir/state_dir missing.
+    """
+    path = Path(path).resolve()
+    config = _with_directories(load_config(path, InstitutionConfig), path.parent)
+    for key in ("data_dir", "state_dir"):
+        if getattr(config, key) is None:
+            raise ConfigError(f"{path}: {key}: Field required for an institution agent")
+    return config
+
+
+def load_federation(path: str | Path, *, base: Path | None = None,
+                    output_dir: Path | None = None) -> FederationConfig:
+    """Load a federation file with every path absolute.
+
+    Args:
+        path: the federation YAML.
+        base: what relative federation paths are relative to (default: the cwd, the way a user
+            typing ``helixfed simulate --config configs/demo.yaml`` expects).
+        output_dir: replaces the file's ``output_dir`` (data and central set follow it unless the
+            file places them elsewhere).
+
+    Raises:
+        ConfigError: the file does not match the schema (names file and key path).
+    """
+    path = Path(path).resolve()
+    config = load_config(path, FederationConfig)
+    if output_dir is not None:
+        config = config.model_copy(update={"output_dir": Path(output_dir)})
+    return config.resolved(base or Path.cwd(), file_dir=path.parent)
+
+
+APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app: pyproject.toml and the three packages
+DEFAULT_FEDERATION_FILE = "configs/tiny.yaml"
+
+
+def run_base_dir(run_config: Mapping) -> Path:
+    """What relative paths in a Flower run config resolve against: ``base-dir``, else the app."""
+    return Path(str(run_config.get(RunConfigKey.BASE_DIR) or APP_DIR)).resolve()
+
+
+def federation_from_run_config(run_config: Mapping) -> FederationConfig:
+    """The federation a Flower run config names, with every path absolute; the ServerApp and the
+    simulated ClientApps both call this, so they agree on every directory.
+
+    The apps run in the SuperLink's working directory, not the user's, so nothing here may
+    depend on the cwd.
+    """
+    base = run_base_dir(run_config)
+    config_file = (base / str(run_config.get(RunConfigKey.CONFIG_FILE) or DEFAULT_FEDERATION_FILE)).resolve()
+    out = str(run_config.get(RunConfigKey.OUT_DIR) or "")
+    return load_federation(config_file, base=base, output_dir=(base / out).resolve() if out else None)

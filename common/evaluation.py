@@ -10,9 +10,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from common.data.dataset import GenomicDataset, collate
-from common.keys import LOSS, NUM_EXAMPLES
 from common.metrics import task_metrics
 from common.model import GenomicTransformer
+from common.protocol import LOSS, NUM_EXAMPLES
 from common.tasks import IGNORE_INDEX, get_task, task_loss
 
 

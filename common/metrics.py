@@ -1,6 +1,6 @@
 """Evaluation metrics for every task, on scikit-learn; the model and the baselines share them.
 
-Keys are the constants of :mod:`common.keys`. Values are plain floats. A metric that is undefined
+Keys are the constants of :mod:`common.protocol`. Values are plain floats. A metric that is undefined
 for the data given (an AUROC when only one class occurs, a splice PR-AUC when no site of that class
 occurs) is ``nan`` rather than an exception or a made-up 0, so one degenerate evaluation set does not
 crash a federated round and cannot pass for a real score.
@@ -21,7 +21,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from common import keys
+from common import protocol
 from common.tasks import IGNORE_INDEX, TaskSpec, get_task
 
 _SPLICE_LABELS = get_task("splice").label_names
@@ -74,7 +74,7 @@ def sequence_metrics(y_true, prob) -> dict[str, float]:
 
     Returns:
         ``accuracy``, ``balanced_accuracy``, ``mcc``, ``f1``, ``auroc``, ``auprc`` (keys in
-        :mod:`common.keys`). With two classes, F1, AUROC and AUPRC (average precision) are for the
+        :mod:`common.protocol`). With two classes, F1, AUROC and AUPRC (average precision) are for the
         positive class 1; with more, they are macro averages of one-vs-rest scores. When ``y_true``
         holds a single class, AUROC and AUPRC are undefined and returned as ``nan``; MCC is then 0
         (scikit-learn's convention for a zero denominator) and balanced accuracy is the recall of
@@ -101,12 +101,12 @@ def sequence_metrics(y_true, prob) -> dict[str, float]:
         auroc = _macro([_one_vs_rest(roc_auc_score, y, p, c) for c in classes])
         auprc = _macro([_one_vs_rest(average_precision_score, y, p, c) for c in classes])
     return {
-        keys.ACCURACY: float(accuracy_score(y, pred)),
-        keys.BALANCED_ACCURACY: float(balanced),
-        keys.MCC: float(mcc),
-        keys.F1: float(f1),
-        keys.AUROC: auroc,
-        keys.AUPRC: auprc,
+        protocol.ACCURACY: float(accuracy_score(y, pred)),
+        protocol.BALANCED_ACCURACY: float(balanced),
+        protocol.MCC: float(mcc),
+        protocol.F1: float(f1),
+        protocol.AUROC: auroc,
+        protocol.AUPRC: auprc,
     }
 
 
@@ -153,12 +153,12 @@ def position_metrics(y_true, prob) -> dict[str, float]:
     donor = _one_vs_rest(average_precision_score, y, p, DONOR)
     acceptor = _one_vs_rest(average_precision_score, y, p, ACCEPTOR)
     return {
-        keys.ACCURACY: float(accuracy_score(y, p.argmax(axis=1))),
-        keys.PR_AUC_DONOR: donor,
-        keys.PR_AUC_ACCEPTOR: acceptor,
-        keys.PR_AUC_MEAN: _macro([donor, acceptor]),
-        keys.TOPK_DONOR: topk_accuracy(y == DONOR, p[:, DONOR]),
-        keys.TOPK_ACCEPTOR: topk_accuracy(y == ACCEPTOR, p[:, ACCEPTOR]),
+        protocol.ACCURACY: float(accuracy_score(y, p.argmax(axis=1))),
+        protocol.PR_AUC_DONOR: donor,
+        protocol.PR_AUC_ACCEPTOR: acceptor,
+        protocol.PR_AUC_MEAN: _macro([donor, acceptor]),
+        protocol.TOPK_DONOR: topk_accuracy(y == DONOR, p[:, DONOR]),
+        protocol.TOPK_ACCEPTOR: topk_accuracy(y == ACCEPTOR, p[:, ACCEPTOR]),
     }
 
 

@@ -14,8 +14,7 @@ import numpy as np
 VOCAB: tuple[str, ...] = ("<pad>", "A", "C", "G", "T", "N", "<mask>", "<cls>")
 PAD_ID = 0
 A_ID, C_ID, G_ID, T_ID, N_ID = 1, 2, 3, 4, 5
-MASK_ID = 6
-CLS_ID = 7
+MASK_ID = 6  # masked-base pre-training; <cls> (7) is reserved in the vocabulary
 VOCAB_SIZE = len(VOCAB)
 
 # IUPAC ambiguity codes carry partial information we do not model: they read as N.

@@ -20,6 +20,8 @@ from typing import Literal
 
 import numpy as np
 
+from common.model import head_of
+
 AggregationMode = Literal["species_balanced", "examples", "uniform"]
 BACKBONE = "<backbone>"  # the parameter group shared by every task
 
@@ -54,11 +56,9 @@ class AggregationReport:
     kept: list[str] = field(default_factory=list)  # groups nobody trained: previous value kept
 
 
-def group_of(name: str, head_prefix: str = "heads.") -> str:
+def group_of(name: str) -> str:
     """``heads.<task>.…`` belongs to that task's head; everything else to the backbone."""
-    if name.startswith(head_prefix):
-        return name[len(head_prefix):].split(".", 1)[0]
-    return BACKBONE
+    return head_of(name) or BACKBONE
 
 
 def contributor_weights(updates: Sequence[Update], group: str, *, mode: AggregationMode,

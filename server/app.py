@@ -7,9 +7,9 @@ import logging
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from common.runconfig import NUM_ROUNDS, RESUME, base_dir, resolve_run_paths
-from server.audit import AUDIT_FILE, AuditLog
-from server.config import load_federation
+from common.config import federation_from_run_config
+from common.protocol import RunConfigKey
+from server.audit_log import AUDIT_FILE, AuditLog
 from server.run import FederationRun
 
 log = logging.getLogger(__name__)
@@ -19,10 +19,9 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     run_config = context.run_config
-    config_file, out_dir = resolve_run_paths(run_config)
-    config = load_federation(config_file, base=base_dir(run_config), output_dir=out_dir)
-    rounds = int(run_config.get(NUM_ROUNDS) or 0) or None
-    resume = bool(run_config.get(RESUME, False)) or config.resume
+    config = federation_from_run_config(run_config)
+    rounds = int(run_config.get(RunConfigKey.NUM_ROUNDS) or 0) or None
+    resume = bool(run_config.get(RunConfigKey.RESUME, False)) or config.resume
     logging.getLogger("flwr").setLevel(logging.INFO)  # Opacus lowers it on import
-    audit = AuditLog(out_dir / AUDIT_FILE)
-    FederationRun(config, num_rounds=rounds, resume=resume, audit=audit).execute(grid)
+    audit = AuditLog(config.output_dir / AUDIT_FILE)
+    FederationRun(config, num_rounds=rounds, audit=audit).prepare(resume=resume).execute(grid)

@@ -16,8 +16,10 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common.baselines import run_baseline  # noqa: E402
+from common.analysis.baselines import run_baseline  # noqa: E402
+from common.config import FederationConfig  # noqa: E402
 from common.data.dataset import GenomicDataset, Record  # noqa: E402
+from common.protocol import RoundMetrics, Status  # noqa: E402
 from common.tasks import get_task  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -63,10 +65,10 @@ def _fmt(value) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
-def results_table(history: list[dict], baseline: dict | None = None) -> list[str]:
+def results_table(history: list[RoundMetrics], baseline: dict | None = None) -> list[str]:
     """Markdown rows: task x species, headline metric at round 0 and at the last round."""
-    first, last = history[0]["central"], history[-1]["central"]
-    lines = ["| task | species | metric | round 0 | round " + str(history[-1]["round"]) + " | k-mer baseline |",
+    first, last = history[0].central, history[-1].central
+    lines = ["| task | species | metric | round 0 | round " + str(history[-1].round) + " | k-mer baseline |",
              "|---|---|---|---|---|---|"]
     for task in last:
         metric = get_task(task).headline_metric
@@ -80,15 +82,15 @@ def results_table(history: list[dict], baseline: dict | None = None) -> list[str
     return lines
 
 
-def privacy_table(history: list[dict]) -> list[str]:
+def privacy_table(history: list[RoundMetrics]) -> list[str]:
     spent: dict[str, dict] = {}
     for line in history:
-        for name, info in line.get("institutions", {}).items():
-            entry = spent.setdefault(name, {"species": info.get("species"), "rounds": 0, "refused": 0})
-            entry["rounds"] += info.get("status") == "trained"
-            entry["refused"] += info.get("status") == "refused"
-            if info.get("epsilon") is not None:
-                entry.update(epsilon=info["epsilon"], budget=info.get("budget"), delta=info.get("delta"))
+        for name, info in line.institutions.items():
+            entry = spent.setdefault(name, {"species": info.species, "rounds": 0, "refused": 0})
+            entry["rounds"] += info.status == Status.TRAINED
+            entry["refused"] += info.status == Status.REFUSED
+            if info.epsilon is not None:
+                entry.update(epsilon=info.epsilon, budget=info.budget, delta=info.delta)
     lines = ["| institution | species | rounds trained | refused | epsilon spent | budget | delta |",
              "|---|---|---|---|---|---|---|"]
     for name, e in sorted(spent.items()):
@@ -97,17 +99,17 @@ def privacy_table(history: list[dict]) -> list[str]:
     return lines
 
 
-def plot_metrics(history: list[dict], out: Path) -> list[Path]:
+def plot_metrics(history: list[RoundMetrics], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    tasks = list(history[-1]["central"])
+    tasks = list(history[-1].central)
     for task in tasks:
         metric = get_task(task).headline_metric
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        rounds = [line["round"] for line in history]
-        ax.plot(rounds, [line["central"].get(task, {}).get(metric) for line in history], "o-", label="all")
-        for species in history[-1]["central"][task].get("species", {}):
-            ax.plot(rounds, [line["central"].get(task, {}).get("species", {}).get(species, {}).get(metric)
+        rounds = [line.round for line in history]
+        ax.plot(rounds, [line.central.get(task, {}).get(metric) for line in history], "o-", label="all")
+        for species in history[-1].central[task].get("species", {}):
+            ax.plot(rounds, [line.central.get(task, {}).get("species", {}).get(species, {}).get(metric)
                              for line in history], ".--", label=species, alpha=0.7)
         ax.set(xlabel="round", ylabel=metric, title=f"{task}: central {metric}")
         ax.legend(fontsize=7)
@@ -119,12 +121,11 @@ def plot_metrics(history: list[dict], out: Path) -> list[Path]:
     return paths
 
 
-def _plot_epsilon(history: list[dict], out: Path) -> Path:
+def _plot_epsilon(history: list[RoundMetrics], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    names = sorted({n for line in history for n in line.get("institutions", {})})
+    names = sorted({n for line in history for n in line.institutions})
     for name in names:
-        points = [(line["round"], line["institutions"][name].get("epsilon")) for line in history
-                  if name in line.get("institutions", {})]
+        points = [(line.round, line.institutions[name].epsilon) for line in history if name in line.institutions]
         points = [(r, e) for r, e in points if e is not None]
         if points:
             ax.plot(*zip(*points, strict=True), "o-", label=name)
@@ -138,12 +139,13 @@ def _plot_epsilon(history: list[dict], out: Path) -> Path:
     return path
 
 
-def write_report(out_dir: Path, history: list[dict], config, *, central: dict | None = None) -> Path:
+def write_report(out_dir: Path, history: list[RoundMetrics], config: FederationConfig, *,
+                 central: dict | None = None) -> Path:
     """Write report.md and the plots; returns the report's path."""
     baseline = baselines(central) if central and config.central_evaluation.baselines else None
     plots = plot_metrics(history, out_dir / PLOTS_DIR)
     lines = [f"# helixfed run `{config.name}`", "",
-             f"{history[-1]['round']} rounds, aggregation `{config.aggregation.mode}`, tasks "
+             f"{history[-1].round} rounds, aggregation `{config.aggregation.mode}`, tasks "
              f"{', '.join(config.tasks)}. Central evaluation on the server's held-out set; "
              "the baseline is a k-mer (k<=6) logistic regression, 2-fold cross-validated on that set.", "",
              "## Results (headline metric per task and species)", "", *results_table(history, baseline), "",

@@ -20,9 +20,10 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from common import protocol as p
+from common.config import AggregationSection
 from common.model import head_of
+from common.protocol import InstitutionRound, Status
 from server.aggregation import AggregationError, Update, UpdateRejected, aggregate, validate_update
-from server.config import AggregationSection
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,19 @@ class InstitutionReport:
     node_id: int
     institution: str
     species: str
-    status: str  # trained | refused | rejected | failed
+    status: Status  # TRAINED, REFUSED, REJECTED or FAILED
     examples: dict[str, int] = field(default_factory=dict)
     epsilon: float | None = None
     delta: float | None = None
     budget: float | None = None
     loss: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+
+    def as_round(self) -> InstitutionRound:
+        """What metrics.jsonl keeps of it (the node id stays in the audit log)."""
+        return InstitutionRound(species=self.species, status=self.status, examples=self.examples,
+                                epsilon=self.epsilon, delta=self.delta, budget=self.budget, loss=self.loss,
+                                reason=self.reason)
 
 
 @dataclass
@@ -118,9 +125,10 @@ class SpeciesFedAvg(FedAvg):
         if msg.has_error():
             name = f"node-{msg.metadata.src_node_id}"
             log.warning("round reply from %s failed: %s", name, msg.error.reason)
-            return InstitutionReport(msg.metadata.src_node_id, name, "unknown", "failed",
+            return InstitutionReport(msg.metadata.src_node_id, name, "unknown", Status.FAILED,
                                      reason=str(msg.error.reason)), None
-        institution, species, status, reason = _meta(msg)
+        institution, species, status_text, reason = _meta(msg)
+        status = Status(status_text) if status_text in set(Status) else Status.REJECTED
         metrics = msg.content.get(p.METRICS) or MetricRecord({})
         per_task = p.unflatten_task_metrics(metrics)
         report = InstitutionReport(
@@ -128,20 +136,20 @@ class SpeciesFedAvg(FedAvg):
             examples={t: int(m.get(p.NUM_EXAMPLES, 0)) for t, m in per_task.items()},
             epsilon=_float(metrics, p.EPSILON), delta=_float(metrics, p.DELTA), budget=_float(metrics, p.BUDGET),
             loss={t: m[p.LOSS] for t, m in per_task.items() if p.LOSS in m}, reason=reason)
-        if status == "refused":
+        if status == Status.REFUSED:
             log.info("%s refused to train: %s", institution, reason)
             return report, None
         try:
+            if status_text != Status.TRAINED:
+                raise UpdateRejected(f"{institution}: unexpected status {status_text!r}")
             update = self._update_from(msg, report)
         except UpdateRejected as err:
             log.warning("rejected the update of %s: %s", institution, err)
-            report.status, report.reason = "rejected", str(err)
+            report.status, report.reason = Status.REJECTED, str(err)
             return report, None
         return report, update
 
     def _update_from(self, msg: Message, report: InstitutionReport) -> Update:
-        if report.status != "trained":
-            raise UpdateRejected(f"{report.institution}: unexpected status {report.status!r}")
         arrays = msg.content.get(p.ARRAYS)
         if arrays is None:
             raise UpdateRejected(f"{report.institution}: reply holds no weights")

@@ -21,7 +21,7 @@ import signal
 import sys
 import traceback
 
-from client.ledger import PrivacyLedger
+from client.privacy.ledger import PrivacyLedger
 
 WRITER_CONFIG = {"institution": "crash-test", "budget_epsilon": 1e6, "delta": 1e-5}
 FSYNC_CALL = {"file-fsync": 0, "dir-fsync": 1}  # which os.fsync call of a write kills the writer

@@ -14,8 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from common import analysis_cli
-from common.analysis import (
+from common.analysis import cli as analysis_cli
+from common.analysis.motifs import (
+    attention_scores,
+    closest_motif,
+    discover_from_attention,
+    discover_motifs,
+)
+from common.analysis.scoring import (
     HIGH_IMPACT_THRESHOLD,
     AnalysisError,
     Variant,
@@ -32,21 +38,15 @@ from common.analysis import (
     sequence_entropy,
     tokenize,
 )
-from common.analysis_motifs import (
-    attention_scores,
-    closest_motif,
-    discover_from_attention,
-    discover_motifs,
-)
 from common.checkpoint import save_checkpoint
 from common.data.dataset import GenomicDataset, Record
-from common.data.reference import get_motif
-from common.data.synthetic import generate, generate_variant_pairs
-from common.data.synthetic_core import Difficulty, get_species, to_string
-from common.data.synthetic_tasks import promoter_batch
 from common.data.writers import write_split_tables
 from common.evaluation import predict
 from common.model import GenomicTransformer, ModelConfig
+from common.synthetic.generator import generate, generate_variant_pairs
+from common.synthetic.genome import Difficulty, get_species, to_string
+from common.synthetic.reference import get_motif
+from common.synthetic.tasks import promoter_batch
 from common.tokenizer import SequenceError
 
 TASKS = ("promoter", "splice")

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.audit import (
+from client.commands.audit import add_audit_parser
+from client.privacy.canary_audit import (
     CANARY_BASES,
     AuditError,
     AuditSettings,
@@ -22,12 +23,11 @@ from client.audit import (
     membership_auc,
     plant,
 )
-from client.audit_cli import add_audit_parser
-from client.ledger import PrivacyLedger
+from client.privacy.ledger import PrivacyLedger
 from common.config import InstitutionConfig
 from common.data.dataset import Record
-from common.data.synthetic import generate
 from common.data.writers import write_split_tables
+from common.synthetic.generator import generate
 
 # -- exposure and AUC on hand-made losses
 

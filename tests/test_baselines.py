@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import keys
-from common.baseline_cli import add_baseline_parser
-from common.baselines import (
+from common import protocol
+from common.analysis.baseline_cli import add_baseline_parser
+from common.analysis.baselines import (
     BaselineError,
     KmerSpectrum,
     MotifScanner,
@@ -23,8 +23,8 @@ from common.baselines import (
     position_windows,
     run_baseline,
 )
-from common.data import reference
 from common.data.dataset import GenomicDataset, Record
+from common.synthetic import reference
 
 TATA = "TATAAAAG"
 DONOR_SITE = "CAGGTAAGT"  # exon CAG | intron GTAAGT; the labelled base is the G at index 2
@@ -167,9 +167,9 @@ def test_promoter_baselines_learn_a_planted_tata_box(promoter_data, method):
 
     metrics = run_baseline(train, test, task="promoter", method=method, k=4)
 
-    assert set(metrics) == set(keys.SEQUENCE_METRIC_KEYS)
-    assert metrics[keys.MCC] > 0.5
-    assert metrics[keys.AUROC] > 0.85
+    assert set(metrics) == set(protocol.SEQUENCE_METRIC_KEYS)
+    assert metrics[protocol.MCC] > 0.5
+    assert metrics[protocol.AUROC] > 0.85
 
 
 @pytest.mark.parametrize("method", ["kmer", "pwm"])
@@ -178,11 +178,11 @@ def test_splice_baselines_find_planted_sites(splice_data, method):
 
     metrics = run_baseline(train, test, task="splice", method=method)
 
-    assert set(metrics) == set(keys.POSITION_METRIC_KEYS)
+    assert set(metrics) == set(protocol.POSITION_METRIC_KEYS)
     # Chance PR-AUC is the site rate, 1/120.
-    assert metrics[keys.PR_AUC_MEAN] > 0.8
-    assert metrics[keys.TOPK_DONOR] > 0.7 and metrics[keys.TOPK_ACCEPTOR] > 0.7
-    assert metrics[keys.ACCURACY] > 0.98
+    assert metrics[protocol.PR_AUC_MEAN] > 0.8
+    assert metrics[protocol.TOPK_DONOR] > 0.7 and metrics[protocol.TOPK_ACCEPTOR] > 0.7
+    assert metrics[protocol.ACCURACY] > 0.98
 
 
 def test_splice_model_without_acceptors_in_training_scores_them_zero(splice_data):
@@ -193,8 +193,8 @@ def test_splice_model_without_acceptors_in_training_scores_them_zero(splice_data
 
     metrics = run_baseline(donors_only, test, task="splice", method="pwm")
 
-    assert metrics[keys.PR_AUC_DONOR] > 0.8
-    assert metrics[keys.TOPK_ACCEPTOR] < 0.2  # every acceptor probability is 0: ranks are ties
+    assert metrics[protocol.PR_AUC_DONOR] > 0.8
+    assert metrics[protocol.TOPK_ACCEPTOR] < 0.2  # every acceptor probability is 0: ranks are ties
 
 
 # ---------------------------------------------------------------- errors
@@ -274,8 +274,8 @@ def test_cli_json_reports_every_applicable_method(institution, capsys):
     report = json.loads(capsys.readouterr().out)
     assert code == 0
     assert set(report["results"]) == {"kmer", "pwm"}
-    assert report["test"][keys.NUM_EXAMPLES] == 200
-    assert report["results"]["pwm"][keys.MCC] > 0.5
+    assert report["test"][protocol.NUM_EXAMPLES] == 200
+    assert report["results"]["pwm"][protocol.MCC] > 0.5
 
 
 def test_cli_table_on_a_task_folder(institution, capsys):
@@ -285,7 +285,7 @@ def test_cli_table_on_a_task_folder(institution, capsys):
 
     out = capsys.readouterr().out
     assert code == 0
-    assert keys.PR_AUC_MEAN in out and "pwm" in out
+    assert protocol.PR_AUC_MEAN in out and "pwm" in out
 
 
 def test_cli_json_writes_an_undefined_metric_as_null(institution, promoter_data, tmp_path, capsys):
@@ -301,8 +301,8 @@ def test_cli_json_writes_an_undefined_metric_as_null(institution, promoter_data,
 
     results = json.loads(capsys.readouterr().out)["results"]["pwm"]
     assert code == 0
-    assert results[keys.AUROC] is None and results[keys.AUPRC] is None  # one class: undefined
-    assert results[keys.ACCURACY] > 0.5
+    assert results[protocol.AUROC] is None and results[protocol.AUPRC] is None  # one class: undefined
+    assert results[protocol.ACCURACY] > 0.5
 
 
 def test_cli_reports_a_missing_folder_and_returns_1(tmp_path, capsys):

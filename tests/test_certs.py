@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509 import DNSName, IPAddress
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from server.certs import add_certs_parser
+from server.ops.certs import add_certs_parser
 
 INSTITUTIONS = ("oslo-uh", "jackson-lab")
 

@@ -12,9 +12,9 @@ from client import app as client_app
 from common import protocol as p
 from common.config import TrainingConfig
 from common.data.readers import load_dataset
-from common.data.synthetic import generate
 from common.data.writers import write_split_tables
 from common.model import GenomicTransformer, ModelConfig
+from common.synthetic.generator import generate
 
 MODEL = ModelConfig(d_model=32, n_heads=4, n_layers=1, d_ff=64, dropout=0.0, max_len=192)
 TASKS = ("promoter", "splice", "coding", "enhancer")

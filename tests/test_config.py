@@ -1,12 +1,17 @@
+from pathlib import Path
+
 import pytest
+import yaml
 
 from common.config import (
     ConfigError,
+    FederationConfig,
     InstitutionConfig,
     PrivacyConfig,
     TrainingConfig,
+    federation_from_run_config,
     load_config,
-    model_config_from,
+    load_federation,
     parse_config,
 )
 from common.model import ModelConfig
@@ -64,11 +69,11 @@ def test_bad_institution_config_names_file_and_key_path(tmp_path, change, key_pa
 ])
 def test_bad_model_section(values, key_path, message):
     with pytest.raises(ConfigError, match=rf"demo\.yaml: {key_path}: .*{message}"):
-        model_config_from(values, source="demo.yaml")
+        parse_config({"model": values}, FederationConfig, source="demo.yaml")
 
 
 def test_model_section_builds_a_model_config():
-    assert model_config_from({"d_model": 64, "n_heads": 4}) == ModelConfig(d_model=64, n_heads=4)
+    assert parse_config({"model": {"d_model": 64, "n_heads": 4}}, FederationConfig).model == ModelConfig(d_model=64, n_heads=4)
 
 
 def test_missing_file_empty_file_and_bad_yaml(tmp_path):
@@ -101,3 +106,24 @@ def test_task_literal_matches_the_registry():
     from common.config import TaskName
 
     assert set(TaskName.__args__) == set(TASK_NAMES)
+
+
+def test_inline_institutions_resolve_the_same_for_server_and_clients(tmp_path):
+    # The server checks <data_dir>; a simulated client must read exactly there (it once read
+    # <output_dir>/data regardless), and keep its ledger under <output_dir>/state.
+    (tmp_path / "conf").mkdir()
+    path = write(tmp_path / "conf", yaml.safe_dump({
+        "output_dir": "out", "data_dir": "shared-data",
+        "institutions": [GOOD_INSTITUTION, {**GOOD_INSTITUTION, "name": "own-dirs", "data_dir": "mine",
+                                            "state_dir": "/abs/state"}]}), name="federation.yaml")
+
+    config = load_federation(path, base=tmp_path)
+    from_run_config = federation_from_run_config({"config-file": str(path), "base-dir": str(tmp_path)})
+
+    assert config.institution(0).data_dir == tmp_path / "shared-data" / "oslo-uh"
+    assert config.institution(0).state_dir == tmp_path / "out" / "state" / "oslo-uh"
+    assert config.institution(1).data_dir == tmp_path / "conf" / "mine"  # relative to its file
+    assert config.institution(1).state_dir == Path("/abs/state")
+    assert from_run_config == config
+    with pytest.raises(ConfigError, match="institutions: no entry 2"):
+        config.institution(2)

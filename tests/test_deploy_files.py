@@ -22,8 +22,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from common.config import InstitutionConfig, load_config, parse_config
-from server.config import FederationConfig
+from common.config import FederationConfig, InstitutionConfig, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -735,7 +734,7 @@ def test_kubernetes_claims_exist_and_the_data_loaders_fill_them_where_the_worklo
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="make-secrets.sh runs kubectl (offline)")
 def test_make_secrets_produces_every_secret_and_key_the_manifests_mount(tmp_path):
-    from server.certs import write_federation_certs
+    from server.ops.certs import write_federation_certs
 
     names = ["oslo-uh", "jackson-lab", "ecoli-reference"]
     write_federation_certs(out_dir=tmp_path, server_name="helixfed-server", institutions=names, days=1)

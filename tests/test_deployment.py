@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from client.ledger import PrivacyLedger
-from common.data_cli import synth_from_config
-from server.flower_processes import free_port
+from client.privacy.ledger import PrivacyLedger
+from common.synthetic.cli import synth_from_config
+from server.ops.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from common import keys
+from common import protocol
 from common.metrics import position_metrics, sequence_metrics, task_metrics, topk_accuracy
 from common.tasks import IGNORE_INDEX, TASKS
 
@@ -27,11 +27,11 @@ def test_sequence_metrics_on_a_hand_computed_confusion_matrix():
     m = sequence_metrics(y, prob)
 
     # Assert: MCC = (3*5 - 1*1) / sqrt(4*4*6*6) = 14/24.
-    assert m[keys.MCC] == pytest.approx(14 / 24)
-    assert m[keys.ACCURACY] == pytest.approx(0.8)
-    assert m[keys.BALANCED_ACCURACY] == pytest.approx((3 / 4 + 5 / 6) / 2)
-    assert m[keys.F1] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
-    assert set(m) == set(keys.SEQUENCE_METRIC_KEYS)
+    assert m[protocol.MCC] == pytest.approx(14 / 24)
+    assert m[protocol.ACCURACY] == pytest.approx(0.8)
+    assert m[protocol.BALANCED_ACCURACY] == pytest.approx((3 / 4 + 5 / 6) / 2)
+    assert m[protocol.F1] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
+    assert set(m) == set(protocol.SEQUENCE_METRIC_KEYS)
 
 
 def test_sequence_auroc_and_auprc_on_a_hand_ranked_example():
@@ -42,8 +42,8 @@ def test_sequence_auroc_and_auprc_on_a_hand_ranked_example():
     m = sequence_metrics(y, prob)
 
     # 3 of the 4 (pos, neg) pairs are ordered right; AP = 1/2 * 1 + 1/2 * 2/3.
-    assert m[keys.AUROC] == pytest.approx(0.75)
-    assert m[keys.AUPRC] == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert m[protocol.AUROC] == pytest.approx(0.75)
+    assert m[protocol.AUPRC] == pytest.approx(0.5 + 0.5 * 2 / 3)
 
 
 def test_single_class_gives_nan_ranking_metrics_not_an_error():
@@ -52,10 +52,10 @@ def test_single_class_gives_nan_ranking_metrics_not_an_error():
 
     m = sequence_metrics(y, prob)
 
-    assert math.isnan(m[keys.AUROC]) and math.isnan(m[keys.AUPRC])
-    assert m[keys.ACCURACY] == pytest.approx(2 / 3)
-    assert m[keys.MCC] == 0.0
-    assert m[keys.BALANCED_ACCURACY] == pytest.approx(2 / 3)
+    assert math.isnan(m[protocol.AUROC]) and math.isnan(m[protocol.AUPRC])
+    assert m[protocol.ACCURACY] == pytest.approx(2 / 3)
+    assert m[protocol.MCC] == 0.0
+    assert m[protocol.BALANCED_ACCURACY] == pytest.approx(2 / 3)
 
 
 def test_single_class_predicted_perfectly_warns_nothing():
@@ -66,7 +66,7 @@ def test_single_class_predicted_perfectly_warns_nothing():
         warnings.simplefilter("error")
         m = sequence_metrics(y, prob)
 
-    assert m[keys.ACCURACY] == 1.0 and m[keys.MCC] == 0.0 and math.isnan(m[keys.AUROC])
+    assert m[protocol.ACCURACY] == 1.0 and m[protocol.MCC] == 0.0 and math.isnan(m[protocol.AUROC])
 
 
 def test_multiclass_sequence_metrics_are_macro_averages():
@@ -76,9 +76,9 @@ def test_multiclass_sequence_metrics_are_macro_averages():
     m = sequence_metrics(y, prob)
 
     # Per-class F1: class 0 (P 1/2, R 1) 2/3; class 1: 1; class 2 (P 1, R 1/2): 2/3.
-    assert m[keys.F1] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
-    assert m[keys.ACCURACY] == pytest.approx(0.75)
-    assert 0.0 <= m[keys.AUROC] <= 1.0
+    assert m[protocol.F1] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
+    assert m[protocol.ACCURACY] == pytest.approx(0.75)
+    assert 0.0 <= m[protocol.AUROC] <= 1.0
 
 
 # Splice example: labels and (neither, donor, acceptor) probabilities, one row per base.
@@ -101,15 +101,15 @@ def test_position_metrics_on_a_hand_computed_splice_example():
     m = position_metrics(SPLICE_Y, SPLICE_PROB)
 
     # Donor ranking T, F, T: AP = 1/2 * 1 + 1/2 * 2/3; top-2 holds one of the two donors.
-    assert m[keys.PR_AUC_DONOR] == pytest.approx(5 / 6)
-    assert m[keys.TOPK_DONOR] == pytest.approx(0.5)
+    assert m[protocol.PR_AUC_DONOR] == pytest.approx(5 / 6)
+    assert m[protocol.TOPK_DONOR] == pytest.approx(0.5)
     # Acceptor: both true sites ranked first.
-    assert m[keys.PR_AUC_ACCEPTOR] == pytest.approx(1.0)
-    assert m[keys.TOPK_ACCEPTOR] == pytest.approx(1.0)
-    assert m[keys.PR_AUC_MEAN] == pytest.approx((5 / 6 + 1.0) / 2)
+    assert m[protocol.PR_AUC_ACCEPTOR] == pytest.approx(1.0)
+    assert m[protocol.TOPK_ACCEPTOR] == pytest.approx(1.0)
+    assert m[protocol.PR_AUC_MEAN] == pytest.approx((5 / 6 + 1.0) / 2)
     # Argmax wrong at bases 3 and 5 only.
-    assert m[keys.ACCURACY] == pytest.approx(0.8)
-    assert set(m) == set(keys.POSITION_METRIC_KEYS)
+    assert m[protocol.ACCURACY] == pytest.approx(0.8)
+    assert set(m) == set(protocol.POSITION_METRIC_KEYS)
 
 
 def test_padding_positions_are_ignored():
@@ -126,9 +126,9 @@ def test_a_class_without_sites_is_nan_and_the_mean_uses_the_other():
 
     m = position_metrics(y, prob)
 
-    assert math.isnan(m[keys.PR_AUC_ACCEPTOR]) and math.isnan(m[keys.TOPK_ACCEPTOR])
-    assert m[keys.PR_AUC_DONOR] == pytest.approx(1.0)
-    assert m[keys.PR_AUC_MEAN] == pytest.approx(1.0)
+    assert math.isnan(m[protocol.PR_AUC_ACCEPTOR]) and math.isnan(m[protocol.TOPK_ACCEPTOR])
+    assert m[protocol.PR_AUC_DONOR] == pytest.approx(1.0)
+    assert m[protocol.PR_AUC_MEAN] == pytest.approx(1.0)
 
 
 def test_topk_breaks_ties_by_position():

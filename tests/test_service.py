@@ -23,8 +23,8 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from common import analysis_cli
-from common.analysis import Variant, attention_maps, predict_sequences, score_variants
+from common.analysis import cli as analysis_cli
+from common.analysis.scoring import Variant, attention_maps, predict_sequences, score_variants
 from common.checkpoint import load_model, save_checkpoint
 from common.data.dataset import GenomicDataset, Record
 from common.evaluation import evaluate

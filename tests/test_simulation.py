@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from client.ledger import PrivacyLedger
+from client.privacy.ledger import PrivacyLedger
 from common.checkpoint import load_model
-from common.data_cli import synth_from_config
-from server.flower_processes import ProcessGroup, run_status, started_run_id
-from server.simulate import simulate
+from common.synthetic.cli import synth_from_config
+from server.ops.processes import ProcessGroup, run_status, started_run_id
+from server.ops.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -59,15 +59,15 @@ def test_two_rounds_end_to_end(tmp_path, tiny_data):
     out = prepared_out(tmp_path, tiny_data)
     history = simulate(TINY, out_dir=out, rounds=2, timeout=500)
 
-    assert [line["round"] for line in history] == [0, 1, 2]
-    assert read_metrics(out) == history
+    assert [line.round for line in history] == [0, 1, 2]
+    assert read_metrics(out) == [line.to_json() for line in history]
     last = history[-1]
-    assert set(last["central"]) == {"promoter", "splice", "coding", "enhancer"}
-    assert "human" in last["central"]["promoter"]["species"]
-    assert set(last["institutions"]) == INSTITUTIONS
+    assert set(last.central) == {"promoter", "splice", "coding", "enhancer"}
+    assert "human" in last.central["promoter"]["species"]
+    assert set(last.institutions) == INSTITUTIONS
     for name in INSTITUTIONS:  # what the server reports is what each institution's ledger says
         ledger = PrivacyLedger.load(out / "state" / name)
-        assert last["epsilon"][name] == pytest.approx(ledger.epsilon(), rel=1e-9)
+        assert last.epsilon[name] == pytest.approx(ledger.epsilon(), rel=1e-9)
         assert len(ledger.rounds) == 2 and ledger.epsilon() <= ledger.budget_epsilon
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["round-0001", "round-0002"]
     model, checkpoint = load_model(out / "final")  # loadable by common alone
@@ -83,16 +83,16 @@ def test_two_rounds_end_to_end(tmp_path, tiny_data):
 def test_resume_after_round_one_keeps_round_one(tmp_path, tiny_data):
     out = prepared_out(tmp_path, tiny_data)
     first = simulate(TINY, out_dir=out, rounds=1, timeout=500)
-    assert [line["round"] for line in first] == [0, 1]
+    assert [line.round for line in first] == [0, 1]
 
     resumed = simulate(TINY, out_dir=out, rounds=2, resume=True, timeout=500)
 
-    assert [line["round"] for line in resumed] == [0, 1, 2]
+    assert [line.round for line in resumed] == [0, 1, 2]
     assert resumed[:2] == first  # rounds 0 and 1 exactly as they were
     for name in INSTITUTIONS:  # the ledgers went on from round 1, not from zero
         ledger = PrivacyLedger.load(out / "state" / name)
         assert [r.round for r in ledger.rounds] == [1, 2]
-        assert resumed[-1]["epsilon"][name] == pytest.approx(ledger.epsilon(), rel=1e-9)
+        assert resumed[-1].epsilon[name] == pytest.approx(ledger.epsilon(), rel=1e-9)
     events = [json.loads(line)["event"] for line in (out / "audit.jsonl").read_text().splitlines()]
     assert "resumed" in events
     assert flower_processes_under(out) == []
@@ -119,7 +119,7 @@ def test_flwr_run_dot_with_the_tiny_config(tmp_path, tiny_data):
 
 
 def _free_port() -> int:
-    from server.flower_processes import free_port
+    from server.ops.processes import free_port
 
     return free_port()
 

@@ -19,7 +19,15 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from common.data.dataset import DataError, GenomicDataset
-from common.data.reference import (
+from common.synthetic.federation import InstitutionSpec, write_federation_data
+from common.synthetic.generator import (
+    SPECIES,
+    SyntheticError,
+    generate,
+    generate_variant_pairs,
+)
+from common.synthetic.genome import SENSE_CODONS, expected_coding_gc, to_codes
+from common.synthetic.reference import (
     ACCEPTOR,
     CODON_USAGE,
     DONOR,
@@ -29,14 +37,6 @@ from common.data.reference import (
     get_motif,
     searchable_motifs,
 )
-from common.data.synth import InstitutionSpec, write_federation_data
-from common.data.synthetic import (
-    SPECIES,
-    SyntheticError,
-    generate,
-    generate_variant_pairs,
-)
-from common.data.synthetic_core import SENSE_CODONS, expected_coding_gc, to_codes
 
 REPO = Path(__file__).resolve().parents[1]
 SPLICE_SPECIES = [name for name, profile in SPECIES.items() if "splice" in profile.tasks]
@@ -400,7 +400,7 @@ def test_tsv_columns_and_splice_labels(federation):
 
 def test_same_seed_writes_the_same_bytes_in_another_process(federation, tmp_path):
     out, _ = federation
-    script = ("import sys; from common.data.synth import write_federation_data; "
+    script = ("import sys; from common.synthetic.federation import write_federation_data; "
               f"write_federation_data(institutions={FEDERATION!r}, out_dir=sys.argv[1], **{WRITE_ARGS!r})")
     environment = {**os.environ, "PYTHONHASHSEED": "12345"}  # another hash order must not matter
 

@@ -5,13 +5,14 @@ import math
 import pytest
 import torch
 
-from client.agent import REFUSED, TRAINED, InstitutionAgent
-from client.ledger import PrivacyLedger, compute_epsilon
+from client.agent import InstitutionAgent
+from client.privacy.ledger import PrivacyLedger, compute_epsilon
 from client.trainer import planned_segments, train_round
 from common.config import InstitutionConfig, PrivacyConfig, TrainingConfig
-from common.data.synthetic import generate
 from common.data.writers import write_split_tables
 from common.model import GenomicTransformer, ModelConfig
+from common.protocol import Status
+from common.synthetic.generator import generate
 
 MODEL = ModelConfig(d_model=32, n_heads=4, n_layers=1, d_ff=64, dropout=0.0, max_len=192)
 TRAINING = TrainingConfig(batch_size=16, max_physical_batch_size=8, learning_rate=3e-3)
@@ -73,7 +74,7 @@ def test_round_spends_exactly_the_planned_steps_and_the_ledger_composes_them(dat
     agent = InstitutionAgent(institution(data_dir, tmp_path))
     planned = planned_segments(agent.data("train"), agent.training, 1.0)
     outcome = agent.train(fresh_model(), run_id="r1", server_round=1)
-    assert outcome.status == TRAINED
+    assert outcome.status == Status.TRAINED
     assert list(agent.ledger.rounds[-1].segments) == planned
     expected = compute_epsilon(history=planned, delta=1e-3, accountant="rdp")
     assert outcome.epsilon == pytest.approx(expected, rel=1e-9)
@@ -92,9 +93,9 @@ def test_weights_sent_back_have_plain_names(data_dir, tmp_path):
 def test_agent_refuses_a_round_past_its_budget_and_spends_nothing(data_dir, tmp_path):
     agent = InstitutionAgent(institution(data_dir, tmp_path, epsilon=3.0))
     statuses = [agent.train(fresh_model(), run_id="r", server_round=r).status for r in range(1, 8)]
-    assert REFUSED in statuses
-    first_refusal = statuses.index(REFUSED)
-    assert all(s == REFUSED for s in statuses[first_refusal:])  # once out, out
+    assert Status.REFUSED in statuses
+    first_refusal = statuses.index(Status.REFUSED)
+    assert all(s == Status.REFUSED for s in statuses[first_refusal:])  # once out, out
     assert agent.ledger.epsilon() <= 3.0
     assert len(agent.ledger.rounds) == first_refusal
     refused = agent.train(fresh_model(), run_id="r", server_round=9)
@@ -106,7 +107,7 @@ def test_planned_rounds_choose_a_sigma_that_fits_the_budget(data_dir, tmp_path):
     config = institution(data_dir, tmp_path, noise_multiplier=None, planned_rounds=3, epsilon=6.0)
     agent = InstitutionAgent(config)
     for r in range(1, 4):
-        assert agent.train(fresh_model(), run_id="r", server_round=r).status == TRAINED
+        assert agent.train(fresh_model(), run_id="r", server_round=r).status == Status.TRAINED
     assert 0.9 * 6.0 <= agent.ledger.epsilon() <= 6.0
 
 
@@ -128,5 +129,5 @@ def test_bf16_on_gpu_keeps_per_sample_clipping(data_dir, tmp_path):
     config = institution(data_dir, tmp_path).model_copy(update={
         "device": "cuda", "training": TRAINING.model_copy(update={"precision": "bf16"})})
     outcome = InstitutionAgent(config).train(fresh_model(), run_id="gpu", server_round=1)
-    assert outcome.status == TRAINED
+    assert outcome.status == Status.TRAINED
     assert all(torch.isfinite(v).all() for v in outcome.weights.values())

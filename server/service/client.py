@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import grpc
 import numpy as np
 
-from common.analysis_io import prediction_header, prediction_rows
+from common.analysis.files import prediction_header, prediction_rows
 from common.tasks import TASK_NAMES, get_task
 from server.service import helixfed_pb2 as pb
 from server.service import helixfed_pb2_grpc as pb_grpc
@@ -32,7 +32,7 @@ def connect(address: str) -> tuple[grpc.Channel, pb_grpc.HelixfedStub]:
 
 
 def response_probabilities(task: str, response: pb.PredictResponse) -> list[np.ndarray]:
-    """The response's probabilities as :func:`common.analysis.predict_sequences` returns them:
+    """The response's probabilities as :func:`common.analysis.scoring.predict_sequences` returns them:
     ``[C]`` per sequence, or ``[L, C]`` for per-position tasks."""
     if get_task(task).per_position:
         return [np.array([list(p.probabilities) for p in prediction.positions]) for prediction in response.predictions]

@@ -6,7 +6,7 @@
 RPCs (``helixfed.v1.Helixfed``, see helixfed.proto): Predict, ScoreVariants, Attention, Evaluate,
 ModelInfo; plus the standard health service (``grpc.health.v1.Health``) and server reflection.
 
-The handlers only check and translate messages; the work is :mod:`common.analysis` and
+The handlers only check and translate messages; the work is :mod:`common.analysis.scoring` and
 :mod:`common.evaluation`, the same functions ``helixfed predict`` and friends call, so the service
 and the command line give the same answers. Every limit is bounded: sequences per request
 (``max_batch``), bases per sequence (``max_length``, at most the model's ``max_len``), threads
@@ -35,7 +35,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from common.analysis import (
+from common.analysis.scoring import (
     HIGH_IMPACT_THRESHOLD,
     Variant,
     attention_entropy,

@@ -1,0 +1,135 @@
+"""``helixfed simulate``: a whole federation on one machine through Flower's simulation engine.
+
+Generates the institutions' data if it is not there yet, starts a SuperLink in simulation mode
+(one simulated SuperNode per institution) that this command owns, submits the run with
+``flwr run``, shows progress from ``metrics.jsonl`` as rounds complete, checks the run's final
+status (``flwr run`` exits 0 even when the run failed) and stops every process it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+
+from common.config import ConfigError, FederationConfig, load_federation
+from common.protocol import METRICS_FILE, MetricsLog, RoundMetrics
+from server.audit_log import AUDIT_FILE
+from server.checkpoints import CHECKPOINT_DIR, FINAL_DIR
+from server.ops.processes import ProcessGroup, free_port, wait_for_port, write_connection
+from server.ops.progress import RunFailed, results_table, run_config_arg, submit_and_wait
+from server.report import PLOTS_DIR, REPORT_FILE
+
+log = logging.getLogger(__name__)
+console = Console(stderr=True)
+CONNECTION = "helixfed-sim"
+
+
+def ensure_data(config: FederationConfig) -> Path:
+    """Generate the federation's data under ``data_dir`` unless exactly that data is already there
+    (generated data whose parameters differ from the config is generated again)."""
+    from common.synthetic.federation import MANIFEST, manifest_differences, write_federation_data
+
+    data_dir = Path(config.data_dir)
+    manifest_path = data_dir / MANIFEST
+    if config.data is None:
+        if manifest_path.is_file() or data_dir.is_dir():
+            return data_dir
+        raise ConfigError(f"no data at {data_dir} and no `data:` section to generate it from")
+    d = config.data
+    arguments = {"institutions": list(config.institutions), "seed": d.seed, "n_per_task": d.n_per_task,
+                 "central_n": d.central_n, "lengths": dict(d.lengths) or None, "difficulty": d.difficulty}
+    if manifest_path.is_file():
+        differences = manifest_differences(yaml.safe_load(manifest_path.read_text()) or {}, **arguments)
+        if not differences:
+            console.print(f"[dim]data: using {data_dir}[/dim]")
+            return data_dir
+        console.print(f"data: {data_dir} was generated with other settings ({'; '.join(differences)}): regenerating")
+        shutil.rmtree(data_dir)
+    console.print(f"data: generating {len(config.institutions)} institutions into {data_dir}")
+    write_federation_data(out_dir=data_dir, progress=True, **arguments)
+    return data_dir
+
+
+def forget_simulated_state(out: Path) -> None:
+    """``--fresh``: a new simulated world. The simulated institutions' ledgers, the checkpoints and
+    the outputs under ``out`` are deleted (generated data is kept). Never do this to a real
+    institution's state directory: its ledger is what keeps its privacy promise."""
+    for name in ("state", CHECKPOINT_DIR, FINAL_DIR, METRICS_FILE, AUDIT_FILE, REPORT_FILE, PLOTS_DIR):
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    console.print(f"[yellow]--fresh: simulated institutions' ledgers and outputs under {out} deleted[/yellow]")
+
+
+def simulate(config_file: Path, *, rounds: int | None = None, out_dir: Path | None = None,
+             resume: bool = False, fresh: bool = False, timeout: float = 3600.0) -> list[RoundMetrics]:
+    """Run the federation to the end; returns the metrics history. Raises RunFailed."""
+    config_file = config_file.resolve()
+    config = load_federation(config_file, output_dir=out_dir)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        forget_simulated_state(out)
+    if not resume:  # progress is read from this file: never show an older run's rounds
+        MetricsLog(out).clear()
+    ensure_data(config)
+    group = ProcessGroup(out / ".flwr")
+    (group.flwr_home / "state.db").unlink(missing_ok=True)  # one run per SuperLink start
+    try:
+        return _run(group, config, config_file, out, rounds, resume, timeout)
+    finally:
+        group.stop()
+
+
+def _run(group: ProcessGroup, config: FederationConfig, config_file: Path, out: Path, rounds, resume,
+         timeout) -> list[RoundMetrics]:
+    port, control = free_port(), free_port()
+    superlink = group.start(
+        ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
+         "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(port),
+         "--control-api-address", f"127.0.0.1:{control}", "--database", str(group.flwr_home / "state.db")],
+        log_file=out / "superlink.log")
+    wait_for_port(port, timeout=60, process=superlink)
+    write_connection(group.flwr_home, CONNECTION, f"127.0.0.1:{port}")
+    n = len(config.institutions)
+    return submit_and_wait(group, CONNECTION, run_config=run_config_arg(config_file, out, rounds, resume),
+                           out=out, rounds=rounds or config.federation.rounds, timeout=timeout,
+                           federation_config=f"num-supernodes={n} client-resources-num-cpus=1")
+
+
+def add_simulate_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("simulate", help="run a simulated federation on this machine")
+    parser.add_argument("--config", type=Path, default=Path("configs/demo.yaml"), help="federation YAML")
+    parser.add_argument("--rounds", type=int, default=None, help="override federation.rounds")
+    parser.add_argument("--out", type=Path, default=None, help="override output_dir")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--fresh", action="store_true",
+                        help="simulation only: delete the simulated institutions' ledgers and the outputs first")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
+    parser.set_defaults(func=run_simulate_command)
+
+
+def run_simulate_command(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    try:
+        history = simulate(args.config, rounds=args.rounds, out_dir=args.out, resume=args.resume,
+                           fresh=args.fresh, timeout=args.timeout)
+    except (ConfigError, RunFailed) as err:
+        console.print(f"[red]simulation failed:[/red] {err}")
+        return 1
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: every process this command started was stopped[/yellow]")
+        return 130
+    console.print(results_table(history))
+    out = load_federation(args.config).output_dir if args.out is None else args.out.resolve()
+    console.print(f"done in {time.monotonic() - started:.0f} s: report {Path(out) / REPORT_FILE}, "
+                  f"final model {Path(out) / FINAL_DIR}")
+    return 0
