@@ -22,6 +22,7 @@ from common.config import InstitutionConfig, TrainingConfig
 from common.data.dataset import GenomicDataset
 from common.data.institution import load_institution_data
 from common.evaluation import evaluate
+from common.finetuning import trainable_names
 from common.model import GenomicTransformer
 from common.protocol import Status
 
@@ -50,6 +51,8 @@ class InstitutionAgent:
     def __init__(self, config: InstitutionConfig, *, federation_training: TrainingConfig | None = None):
         self.config = config
         self.training = config.training or federation_training or TrainingConfig()
+        if federation_training is not None:  # what trains is the federation's model's property
+            self.training = self.training.model_copy(update={"trainable": federation_training.trainable})
         self.device = resolve_device(config.device)
         self._data: dict[str, dict[str, GenomicDataset]] = {}
         self.ledger = self._open_ledger() if config.privacy.enabled else None
@@ -84,12 +87,18 @@ class InstitutionAgent:
         shape = [(q, steps) for _, q, steps in planned_segments(train, self.training, 1.0)]
         return self.ledger.plan_noise_multiplier(round_shape=shape, rounds=remaining)
 
-    def train(self, model: GenomicTransformer, *, run_id: str, server_round: int) -> TrainOutcome:
-        """Train one round on every task held, unless its steps would pass the budget."""
+    def train(self, model: GenomicTransformer, *, run_id: str, server_round: int,
+              num_rounds: int | None = None) -> TrainOutcome:
+        """Train one round on every task held, unless its steps would pass the budget.
+
+        ``num_rounds``: the federation's rounds, so round ``server_round`` takes its part of the
+        learning-rate schedule (None: each round runs the whole schedule).
+        """
         train = self.data("train")
         seed_everything(self.training.seed + 1009 * server_round)
+        progress = ((server_round - 1) / num_rounds, server_round / num_rounds) if num_rounds else (0.0, 1.0)
         if self.ledger is None:
-            result = self._run(model, train, dp=False, sigma=0.0)
+            result = self._run(model, train, dp=False, sigma=0.0, progress=progress)
             return self._outcome(Status.TRAINED, result, math.inf, 0.0, math.inf, model)
         privacy = self.config.privacy
         try:
@@ -104,23 +113,25 @@ class InstitutionAgent:
             return TrainOutcome(Status.REFUSED, check.current, privacy.delta, privacy.epsilon,
                                 reason=f"budget exhausted: epsilon {check.current:.4f} of {privacy.epsilon:g}, "
                                        f"next round would reach {check.projected:.4f}")
-        result = self._run(model, train, dp=True, sigma=sigma)
+        result = self._run(model, train, dp=True, sigma=sigma, progress=progress)
         self.ledger.record_round(run_id=run_id, round=server_round, segments=result.segments)
         return self._outcome(Status.TRAINED, result, self.ledger.epsilon(), privacy.delta, privacy.epsilon, model,
                              sigma)
 
     def _run(self, model: GenomicTransformer, train: dict[str, GenomicDataset], *, dp: bool,
-             sigma: float) -> RoundResult:
+             sigma: float, progress: tuple[float, float]) -> RoundResult:
         privacy = self.config.privacy
         return train_round(model, train, training=self.training, dp=dp, noise_multiplier=sigma,
                            max_grad_norm=privacy.max_grad_norm, accountant=privacy.accountant,
-                           device=self.device)
+                           device=self.device, progress=progress)
 
     def _outcome(self, status, result, epsilon, delta, budget, model, sigma=0.0) -> TrainOutcome:
+        # Only what this round trained leaves: the trainable tensors of the tasks held.
+        sent = trainable_names(model, mode=self.training.trainable, tasks=result.tasks)
         return TrainOutcome(status, epsilon, delta, budget,
                             examples={t: r.examples for t, r in result.tasks.items()},
                             losses={t: r.mean_loss for t, r in result.tasks.items()},
-                            noise_multiplier=sigma, weights=state_dict_cpu(model))
+                            noise_multiplier=sigma, weights=state_dict_cpu(model, sent))
 
     def evaluate(self, model: GenomicTransformer, *, split: str = "test") -> dict[str, dict]:
         """Metrics per task on the institution's own held-out split (aggregates only)."""

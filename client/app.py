@@ -85,8 +85,9 @@ def encode_outcome(agent: InstitutionAgent, outcome: TrainOutcome) -> RecordDict
 def train(msg: Message, context: Context) -> Message:
     agent = agent_for(context, training_from(msg))
     model = model_from(msg)
-    outcome = agent.train(model, run_id=str(context.run_id),
-                          server_round=int(msg.content[p.CONFIG][p.SERVER_ROUND]))
+    config = msg.content[p.CONFIG]
+    outcome = agent.train(model, run_id=str(context.run_id), server_round=int(config[p.SERVER_ROUND]),
+                          num_rounds=int(config[p.NUM_ROUNDS]) if p.NUM_ROUNDS in config else None)
     return Message(encode_outcome(agent, outcome), reply_to=msg)
 
 

@@ -21,13 +21,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from opacus import PrivacyEngine
+from opacus.optimizers import DPOptimizer
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch.utils.data import DataLoader
 
 from client.privacy.accounting import Segment
 from common.config import TrainingConfig
 from common.data.dataset import GenomicDataset, collate
-from common.model import GenomicTransformer, head_of, parameters_for_task
+from common.finetuning import set_trainable, trainable_names
+from common.model import GenomicTransformer
 from common.tasks import task_loss
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class TaskRound:
     steps: int
     mean_loss: float
     segments: list[Segment] = field(default_factory=list)
+    clip_stats: dict[str, float] = field(default_factory=dict)  # local log only: never sent
 
 
 @dataclass
@@ -104,12 +107,6 @@ def planned_segments(datasets: dict[str, GenomicDataset], training: TrainingConf
     return segments
 
 
-def _set_trainable(model: GenomicTransformer, task: str | None) -> None:
-    """Freeze every head but ``task``'s (None: unfreeze everything)."""
-    for name, p in model.named_parameters():
-        p.requires_grad_(task is None or head_of(name) in (None, task))
-
-
 def _make_optimizer(params: list[torch.nn.Parameter], training: TrainingConfig) -> torch.optim.Optimizer:
     if training.optimizer == "sgd":
         return torch.optim.SGD(params, lr=training.learning_rate, momentum=0.9,
@@ -140,105 +137,219 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
+class _ClippingOptimizer(DPOptimizer):
+    """Opacus' DPOptimizer with automatic clipping as an option (Bu et al. 2023: every per-sample
+    gradient scaled by C / (norm + 0.01), so each contributes at most C, as with flat clipping),
+    and a record of the per-sample norms it saw (kept at the institution, in its log only)."""
+
+    automatic: bool = False
+    norm_log: list[torch.Tensor]
+
+    def clip_and_accumulate(self) -> None:
+        if not len(self.grad_samples[0]):  # an empty Poisson batch: noise only
+            return super().clip_and_accumulate()
+        per_param = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in self.grad_samples], dim=1)
+        norms = per_param.norm(2, dim=1)  # [B]
+        self.norm_log.append(norms.detach().cpu())
+        if not self.automatic:
+            return super().clip_and_accumulate()
+        factor = (self.max_grad_norm / (norms + 0.01)).to(norms.dtype)
+        for p in self.params:
+            grad = torch.einsum("i,i...", factor, p.grad_sample)
+            p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
+        return None
+
+
+def _clip_stats(norm_log: list[torch.Tensor], max_grad_norm: float) -> dict[str, float]:
+    """Quantiles of the per-sample gradient norms and the fraction above C: under clipping the
+    training loss can rise while the model improves (dp-training.md), so read it beside these."""
+    if not norm_log:
+        return {}
+    norms = torch.cat(norm_log).float()
+    p10, p50, p90 = torch.quantile(norms, torch.tensor([0.1, 0.5, 0.9])).tolist()
+    return {"norm_p10": p10, "norm_p50": p50, "norm_p90": p90,
+            "clipped": float((norms > max_grad_norm).float().mean())}
+
+
+class WeightAverage:
+    """Exponential moving average of the trained parameters over a round's steps (De et al. 2022),
+    with the usual warm start (the decay grows as (1 + t) / (10 + t)) so a short round is not
+    dominated by its first weights. Post-processing of DP iterates: it costs no privacy."""
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], decay: float):
+        self.params, self.decay, self.steps = params, decay, 0
+        self.average = {n: p.detach().clone() for n, p in params.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for name, p in self.params.items():
+            self.average[name].mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        for name, p in self.params.items():
+            p.copy_(self.average[name])
+
+
+@dataclass
+class _Steps:
+    """What one task's loop needs besides the batches: where its steps lie in the lr schedule."""
+
+    target: int
+    training: TrainingConfig
+    progress: tuple[float, float]  # (start, end) of this round in the whole training, 0..1
+
+    def learning_rate(self, step: int) -> float:
+        start, end = self.progress
+        return self.training.learning_rate_at(start + (end - start) * step / self.target)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _trained_parameters(model: GenomicTransformer, task: str, training: TrainingConfig
+                        ) -> dict[str, torch.nn.Parameter]:
+    names = trainable_names(model, mode=training.trainable, tasks=(task,))
+    set_trainable(model, names)
+    return {n: p for n, p in model.named_parameters() if n in names}
+
+
+def _forget_per_sample_state(model: GenomicTransformer) -> None:
+    # Opacus leaves the last step's per-sample gradients and clipped sum on every parameter; the
+    # next task's or round's optimizer must not see them.
+    for p in model.parameters():
+        p.grad_sample = None
+        p.summed_grad = None
+
+
 def train_task_dp(model: GenomicTransformer, dataset: GenomicDataset, *, training: TrainingConfig,
                   noise_multiplier: float, max_grad_norm: float, accountant: str,
-                  device: torch.device) -> TaskRound:
+                  device: torch.device, progress: tuple[float, float] = (0.0, 1.0)) -> TaskRound:
     """DP-SGD on one task for ``training.local_epochs`` epochs of Poisson-sampled batches.
+
+    Args:
+        progress: where this round starts and ends in the whole training (the lr schedule's clock).
 
     Returns:
         the task's round: examples, steps taken, mean loss and the accountant segments it spent.
     """
     task = dataset.task.name
-    _set_trainable(model, task)
+    params = _trained_parameters(model, task, training)
     # The DP mechanism's randomness (which records are sampled, the Gaussian noise) must not be
     # reproducible by anyone who knows the run's seed: both generators start from OS entropy.
     loader = DataLoader(dataset, batch_size=training.batch_size, collate_fn=collate,
                         generator=_entropy_generator("cpu"))
     engine = PrivacyEngine(accountant=accountant)
     hooks, optimizer, dp_loader = engine.make_private(
-        module=model, optimizer=_make_optimizer(parameters_for_task(model, task), training),
+        module=model, optimizer=_make_optimizer(list(params.values()), training),
         data_loader=loader, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
         poisson_sampling=True, grad_sample_mode="hooks", wrap_model=False,
         noise_generator=_entropy_generator(device))
-    target_steps = steps_per_round(examples=len(dataset), training=training)
+    optimizer.__class__ = _ClippingOptimizer  # hooks mode: only clip_and_accumulate differs
+    optimizer.automatic, optimizer.norm_log = training.clipping == "automatic", []
+    steps = _Steps(steps_per_round(examples=len(dataset), training=training), training, progress)
+    average = WeightAverage(params, training.ema_decay) if training.ema_decay else None
     losses: list[float] = []
     try:
         with BatchMemoryManager(data_loader=dp_loader, max_physical_batch_size=training.max_physical_batch_size,
                                 optimizer=optimizer) as physical_loader:
-            losses = _run_steps(model, task, physical_loader, optimizer, target_steps, device,
-                                _autocast(device, training.precision), engine.accountant)
+            losses = _run_steps(model, task, physical_loader, optimizer, steps, device,
+                                _autocast(device, training.precision), engine.accountant, average)
     finally:
         hooks.cleanup()
-        _set_trainable(model, None)
+        _forget_per_sample_state(model)
+        set_trainable(model, None)
+    if average is not None:
+        average.copy_to_model()
     segments = [(float(s), float(q), int(n)) for s, q, n in engine.accountant.history]
-    steps = sum(n for _, _, n in segments)
-    return TaskRound(task, len(dataset), steps, float(np.mean(losses)) if losses else float("nan"), segments)
+    return TaskRound(task, len(dataset), sum(n for _, _, n in segments),
+                     float(np.mean(losses)) if losses else float("nan"), segments,
+                     _clip_stats(optimizer.norm_log, max_grad_norm))
 
 
-def _run_steps(model, task, physical_loader, optimizer, target_steps, device, autocast,
-               accountant) -> list[float]:
-    """Iterate physical batches until ``target_steps`` logical (clipped, noised, accounted) steps ran."""
+def _run_steps(model, task, physical_loader, optimizer, steps: _Steps, device, autocast, accountant,
+               average: WeightAverage | None) -> list[float]:
+    """Iterate physical batches until ``steps.target`` logical (clipped, noised, accounted) steps ran."""
     losses = []
 
     def steps_taken() -> int:
         return sum(n for _, _, n in accountant.history)
 
-    while steps_taken() < target_steps:
+    while steps_taken() < steps.target:
         for tokens, labels in physical_loader:
+            taken = steps_taken()
+            _set_lr(optimizer, steps.learning_rate(taken))
             optimizer.zero_grad(set_to_none=True)
             loss = _step_loss(model, task, tokens.to(device), labels.to(device), autocast)
             loss.backward()
             optimizer.step()
             if tokens.shape[0]:
                 losses.append(loss.item())
-            if steps_taken() >= target_steps:
+            if average is not None and steps_taken() > taken:  # a logical step, not a physical one
+                average.update()
+            if steps_taken() >= steps.target:
                 break
     return losses
 
 
 def train_task_plain(model: GenomicTransformer, dataset: GenomicDataset, *, training: TrainingConfig,
-                     device: torch.device) -> TaskRound:
+                     device: torch.device, progress: tuple[float, float] = (0.0, 1.0)) -> TaskRound:
     """The same local training without DP (the centralized upper bound; ``--no-dp``)."""
     task = dataset.task.name
-    _set_trainable(model, task)
-    optimizer = _make_optimizer(parameters_for_task(model, task), training)
+    params = _trained_parameters(model, task, training)
+    optimizer = _make_optimizer(list(params.values()), training)
     loader = DataLoader(dataset, batch_size=training.batch_size, collate_fn=collate, shuffle=True)
-    target_steps, steps, losses = steps_per_round(examples=len(dataset), training=training), 0, []
+    steps = _Steps(steps_per_round(examples=len(dataset), training=training), training, progress)
+    taken, losses = 0, []
     autocast = _autocast(device, training.precision)
     try:
-        while steps < target_steps:
+        while taken < steps.target:
             for tokens, labels in loader:
+                _set_lr(optimizer, steps.learning_rate(taken))
                 optimizer.zero_grad(set_to_none=True)
                 loss = _step_loss(model, task, tokens.to(device), labels.to(device), autocast)
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.item())
-                steps += 1
-                if steps >= target_steps:
+                taken += 1
+                if taken >= steps.target:
                     break
     finally:
-        _set_trainable(model, None)
-    return TaskRound(task, len(dataset), steps, float(np.mean(losses)), [])
+        set_trainable(model, None)
+    return TaskRound(task, len(dataset), taken, float(np.mean(losses)), [])
 
 
 def train_round(model: GenomicTransformer, datasets: dict[str, GenomicDataset], *, training: TrainingConfig,
                 dp: bool, noise_multiplier: float, max_grad_norm: float, accountant: str,
-                device: torch.device) -> RoundResult:
-    """One local round: every task the institution holds, in a fixed (sorted) order."""
+                device: torch.device, progress: tuple[float, float] = (0.0, 1.0)) -> RoundResult:
+    """One local round: every task the institution holds, in a fixed (sorted) order.
+
+    Args:
+        progress: where this round starts and ends in the whole training, for the lr schedule
+            (round r of R: ``((r - 1) / R, r / R)``).
+    """
     model.to(device).train()
     results = {}
     for task in sorted(datasets):
         if dp:
             results[task] = train_task_dp(model, datasets[task], training=training,
                                           noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                                          accountant=accountant, device=device)
+                                          accountant=accountant, device=device, progress=progress)
         else:
-            results[task] = train_task_plain(model, datasets[task], training=training, device=device)
-        log.info("trained %s: %d examples, %d steps, loss %.4f", task, results[task].examples,
-                 results[task].steps, results[task].mean_loss)
+            results[task] = train_task_plain(model, datasets[task], training=training, device=device,
+                                             progress=progress)
+        stats = results[task].clip_stats
+        log.info("trained %s: %d examples, %d steps, loss %.4f, per-sample gradient norm p50 %.3g p90 %.3g, "
+                 "clipped %.0f%%", task, results[task].examples, results[task].steps, results[task].mean_loss,
+                 stats.get("norm_p50", math.nan), stats.get("norm_p90", math.nan),
+                 100 * stats.get("clipped", math.nan))
     return RoundResult(results)
 
 
-def state_dict_cpu(model: GenomicTransformer) -> dict[str, torch.Tensor]:
-    """Weights to send: plain parameter names (no Opacus ``_module.`` prefix), on the CPU."""
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+def state_dict_cpu(model: GenomicTransformer, names: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """Weights to send, on the CPU: every tensor, or only ``names`` (what this round trained)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if names is None or k in names}

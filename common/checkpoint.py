@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from common.atomic import fsync_directory
+from common.finetuning import head_of, is_adapter
 from common.model import GenomicTransformer, ModelConfig, ModelConfigError
 
 FORMAT = "helixfed-checkpoint"
@@ -124,3 +125,25 @@ def load_model(path: str | Path) -> tuple[GenomicTransformer, Checkpoint]:
     """A ready-to-use model (eval mode) from a checkpoint directory."""
     checkpoint = load_checkpoint(path)
     return checkpoint.build_model(), checkpoint
+
+
+def start_from(model: GenomicTransformer, path: Path) -> list[str]:
+    """Load a checkpoint (``model.init_checkpoint``: a pre-trained backbone, or an earlier
+    federation's model) into ``model``: the whole backbone must fit; heads and adapters are taken
+    where the checkpoint has them with the same shape, and start fresh otherwise.
+
+    Returns:
+        the names of the parameters that start fresh.
+
+    Raises:
+        CheckpointError: an unreadable checkpoint, or one whose backbone does not fit ``model``.
+    """
+    checkpoint = load_checkpoint(path)
+    own = model.state_dict()
+    fits = {n: w for n, w in checkpoint.weights.items() if n in own and tuple(w.shape) == tuple(own[n].shape)}
+    misfits = sorted(n for n in own if head_of(n) is None and not is_adapter(n) and n not in fits)
+    if misfits:
+        raise CheckpointError(f"{path}: its backbone does not fit the federation's model (saved with "
+                              f"{checkpoint.model_config}): {', '.join(misfits[:5])}{' …' if len(misfits) > 5 else ''}")
+    model.load_state_dict(fits, strict=False)
+    return sorted(set(own) - set(fits))

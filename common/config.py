@@ -17,6 +17,7 @@ without them keeps its data under the federation's ``data_dir`` and its ledger u
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
@@ -47,17 +48,49 @@ InstitutionName = Annotated[str, Field(pattern=INSTITUTION_NAME_PATTERN)]
 
 
 class TrainingConfig(StrictModel):
-    """Local training at an institution (one federated round = ``local_epochs`` over each task)."""
+    """Local training at an institution (one federated round = ``local_epochs`` over each task).
+
+    The learning rate follows ``lr_schedule`` across the whole federation (its rounds) or the whole
+    ``helixfed train`` run (its epochs): a linear warm-up over ``warmup_fraction`` of it, then
+    constant, linear decay or cosine decay to ``learning_rate * final_lr_fraction``. Under DP the
+    step does not shrink as the loss falls (every clipped gradient has length C), so a decaying
+    rate is what lets the last noisy steps settle (dp-training.md).
+    """
 
     local_epochs: float = Field(1.0, gt=0.0, le=100.0)
     batch_size: int = Field(32, ge=1, le=65536)  # expected (Poisson) logical batch size
     max_physical_batch_size: int = Field(64, ge=1, le=65536)  # memory cap (BatchMemoryManager)
     learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    final_lr_fraction: float = Field(0.0, ge=0.0, le=1.0)
     optimizer: Literal["adam", "sgd"] = "adam"
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    # Per-sample clipping: "flat" scales a gradient longer than C down to C (Abadi et al.);
+    # "automatic" scales every gradient to C / (norm + 0.01) (Bu et al. 2023). Both bound a record's
+    # contribution by C, so the accounting is the same.
+    clipping: Literal["flat", "automatic"] = "flat"
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # > 0: send the moving average of the local steps' weights
     max_len: int = Field(512, ge=1)  # longest sequence accepted from data
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast applies on CUDA only
     seed: int = 0
+    # What trains (common/finetuning.py): every parameter, the heads only, or LoRA adapters +
+    # LayerNorms + heads. A property of the federation's model: institutions cannot override it.
+    trainable: Literal["all", "heads", "lora"] = "all"
+
+    def learning_rate_at(self, progress: float) -> float:
+        """The learning rate ``progress`` (0 = start, 1 = end) through the whole training."""
+        progress = min(max(progress, 0.0), 1.0)
+        if self.warmup_fraction and progress < self.warmup_fraction:
+            return self.learning_rate * progress / self.warmup_fraction
+        after = (progress - self.warmup_fraction) / (1.0 - self.warmup_fraction)  # 0..1 after warm-up
+        if self.lr_schedule == "linear":
+            decay = 1.0 - after
+        elif self.lr_schedule == "cosine":
+            decay = 0.5 * (1.0 + math.cos(math.pi * after))
+        else:
+            return self.learning_rate
+        return self.learning_rate * (self.final_lr_fraction + (1.0 - self.final_lr_fraction) * decay)
 
 
 class PrivacyConfig(StrictModel):
@@ -159,9 +192,26 @@ class FederationConfig(StrictModel):
     institutions: tuple[InstitutionConfig, ...] = ()  # inline institutions (simulation)
     enrolled: tuple[EnrolledInstitution, ...] = ()  # deployment: who may connect
     resume: bool = False
+    # Written `model.init_checkpoint: DIR` in the file: the checkpoint (e.g. `helixfed pretrain`'s)
+    # whose weights the federation starts from. Kept out of ModelConfig, which describes an
+    # architecture and travels to institutions and into every checkpoint.
+    init_checkpoint: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _init_checkpoint_from_model_section(cls, data):
+        model = data.get("model") if isinstance(data, dict) else None
+        if isinstance(model, dict) and "init_checkpoint" in model:
+            if data.get("init_checkpoint") is not None:
+                raise ValueError("init_checkpoint: give it once, as model.init_checkpoint")
+            model = dict(model)
+            data = {**data, "model": model, "init_checkpoint": model.pop("init_checkpoint")}
+        return data
 
     @model_validator(mode="after")
     def _institutions_fit_the_federation(self) -> FederationConfig:
+        if self.training.trainable == "lora" and not self.model.lora_rank:
+            raise ValueError("training.trainable: lora needs model.lora_rank > 0 (the adapters' rank)")
         names = [i.name for i in self.institutions]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -181,10 +231,12 @@ class FederationConfig(StrictModel):
         central = self.central_evaluation
         central_dir = (base / central.data_dir).resolve() if central.data_dir else data_dir / "central"
         enrolled = tuple(e.model_copy(update={"public_key": (base / e.public_key).resolve()}) for e in self.enrolled)
+        init = (base / self.init_checkpoint).resolve() if self.init_checkpoint else None
         institutions = tuple(_with_directories(i, file_dir, data_root=data_dir, state_root=output_dir / "state")
                              for i in self.institutions)
         return self.model_copy(update={
             "output_dir": output_dir, "data_dir": data_dir, "enrolled": enrolled, "institutions": institutions,
+            "init_checkpoint": init,
             "central_evaluation": central.model_copy(update={"data_dir": central_dir})})
 
     def institution(self, index: int) -> InstitutionConfig:
@@ -210,7 +262,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     for problem in err.errors():
         where = _key_path(problem["loc"])
         got = problem.get("input")
-        shown = "" if problem["type"] == "missing" else f" (got {got!r})"
+        # A whole-file check (empty location) would echo the whole file: name the rule only.
+        shown = "" if problem["type"] == "missing" or not problem["loc"] else f" (got {got!r})"
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             message = "unknown key"

@@ -22,10 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import ConfigDict
 
+from common.finetuning import add_lora, trainable_names
 from common.tasks import TASK_NAMES, get_task
 from common.tokenizer import PAD_ID, VOCAB_SIZE
-
-HEAD_PREFIX = "heads."  # parameter names under this prefix belong to one task's head
 
 
 class ModelConfigError(ValueError):
@@ -45,6 +44,8 @@ class ModelConfig:
     hierarchical: bool = False  # mix the 3 bases of each codon, attend over codons (L/3 tokens)
     epigenetic_tracks: int = 0  # > 0: per-base tracks [B, L, E] fused with the sequence embedding
     motif_kernel: int = 0  # > 0: a convolution of this width over bases before attention (k-mer features)
+    lora_rank: int = 0  # > 0: low-rank adapters on the blocks' linear layers (training.trainable: lora)
+    lora_alpha: float = 16.0  # adapter scale alpha / rank
 
     # Read by pydantic when this dataclass sits inside a config file's schema: no unknown keys.
     __pydantic_config__ = ConfigDict(extra="forbid")
@@ -64,6 +65,9 @@ class ModelConfig:
             raise ModelConfigError(f"model.dropout: expected 0 <= dropout < 1, got {self.dropout!r}")
         if self.motif_kernel < 0 or (self.motif_kernel and self.motif_kernel % 2 == 0):
             raise ModelConfigError(f"model.motif_kernel: expected 0 or an odd width, got {self.motif_kernel!r}")
+        if self.lora_rank < 0 or not self.lora_alpha > 0:
+            raise ModelConfigError(f"model.lora_rank/lora_alpha: expected rank >= 0 and alpha > 0, got "
+                                   f"{self.lora_rank!r}/{self.lora_alpha!r}")
         if self.epigenetic_tracks < 0:
             raise ModelConfigError(f"model.epigenetic_tracks: expected >= 0, got {self.epigenetic_tracks!r}")
 
@@ -266,6 +270,8 @@ class GenomicTransformer(nn.Module):
         self.stem = MotifStem(config) if config.motif_kernel else None
         self.codons = CodonMixer(config) if config.hierarchical else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        if config.lora_rank:
+            add_lora(self.blocks, rank=config.lora_rank, alpha=config.lora_alpha)
         self.norm = nn.LayerNorm(config.d_model)
         self.heads = nn.ModuleDict({t: self._make_head(t) for t in self.tasks})
 
@@ -275,10 +281,13 @@ class GenomicTransformer(nn.Module):
             return PositionHead(cfg.d_model, spec.num_classes)
         return SequenceHead(cfg.d_model, spec.num_classes, cfg.dropout)
 
-    def forward(self, tokens: torch.Tensor, task: str, return_attention: bool = False,
-                tracks: torch.Tensor | None = None) -> ModelOutput:
-        if task not in self.heads:
-            raise ValueError(f"task {task!r} has no head in this model; heads: {', '.join(self.tasks)}")
+    def encode(self, tokens: torch.Tensor, tracks: torch.Tensor | None = None) -> torch.Tensor:
+        """The backbone alone: ``tokens [B, L]`` -> the final-normed per-base representation
+        ``[B, L, D]`` that every head reads (masked-base pre-training puts its own head on it)."""
+        return self._backbone(tokens, tracks, need_weights=False)[0]
+
+    def _backbone(self, tokens: torch.Tensor, tracks: torch.Tensor | None, need_weights: bool
+                  ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         mask = tokens != PAD_ID  # [B, L]
         x = self.embedding(tokens, tracks)  # [B, L, D]
         if self.stem is not None:
@@ -289,25 +298,27 @@ class GenomicTransformer(nn.Module):
             x, key_mask = self.codons.to_codons(x, mask)  # [B, C, D], [B, C]
         attentions = []
         for block in self.blocks:
-            x, weights = block(x, key_mask, return_attention)
+            x, weights = block(x, key_mask, need_weights)
             attentions.append(weights)
         if self.codons is not None:
             x = self.codons.to_bases(x, tokens.shape[1]) + base_embedding  # back to [B, L, D]
-        logits = self.heads[task](self.norm(x), mask)
+        return self.norm(x), attentions  # [B, L, D]
+
+    def forward(self, tokens: torch.Tensor, task: str, return_attention: bool = False,
+                tracks: torch.Tensor | None = None) -> ModelOutput:
+        if task not in self.heads:
+            raise ValueError(f"task {task!r} has no head in this model; heads: {', '.join(self.tasks)}")
+        x, attentions = self._backbone(tokens, tracks, return_attention)  # [B, L, D]
+        logits = self.heads[task](x, tokens != PAD_ID)
         return ModelOutput(logits, tuple(attentions) if return_attention else None)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
 
-def head_of(parameter_name: str) -> str | None:
-    """The task whose head owns a parameter (``heads.<task>.…``), or None for the shared backbone."""
-    if parameter_name.startswith(HEAD_PREFIX):
-        return parameter_name[len(HEAD_PREFIX):].split(".", 1)[0]
-    return None
-
-
-def parameters_for_task(model: GenomicTransformer, task: str) -> list[nn.Parameter]:
-    """Backbone + this task's head: what one task's DP-SGD step updates (other heads get no
-    gradient, and Opacus' optimizer refuses parameters without per-sample gradients)."""
-    return [p for name, p in model.named_parameters() if head_of(name) in (None, task)]
+def parameters_for_task(model: GenomicTransformer, task: str, *, trainable: str = "all") -> list[nn.Parameter]:
+    """What one task's DP-SGD step updates: this task's head and, by ``trainable`` mode, the backbone
+    (:func:`common.finetuning.trainable_names`; other heads get no gradient, and Opacus' optimizer
+    refuses parameters without per-sample gradients)."""
+    names = trainable_names(model, mode=trainable, tasks=(task,))
+    return [p for name, p in model.named_parameters() if name in names]

@@ -8,7 +8,9 @@ DESIGN.md's rule: institution k of species s trained n_k examples,
 ``w_k = lambda_s * n_k`` (``examples``: plain FedAvg with species multipliers), or ``w_k = 1``
 (``uniform``). The backbone is averaged over every institution that trained, with n_k its total
 examples; each task head only over the institutions that trained that task, with n_k counted for
-that task. A parameter group nobody trained keeps its previous value.
+that task. A parameter group nobody trained keeps its previous value, and so does a parameter no
+update carries (a frozen one, when the federation trains heads or adapters only: institutions send
+only what they trained, ``common.finetuning``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 
-from common.model import head_of
+from common.finetuning import head_of
 
 AggregationMode = Literal["species_balanced", "examples", "uniform"]
 BACKBONE = "<backbone>"  # the parameter group shared by every task
@@ -119,8 +121,9 @@ def aggregate(updates: Sequence[Update], previous: Mapping[str, np.ndarray], *,
     result = {}
     for name, old in previous.items():
         weights = report.weights[group_of(name)]
-        if not weights or not np.issubdtype(old.dtype, np.floating):
-            result[name] = old.copy()  # nobody trained it (or an integer buffer): keep it
+        sent = all(name in by_name[i].weights for i in weights)
+        if not weights or not sent or not np.issubdtype(old.dtype, np.floating):
+            result[name] = old.copy()  # nobody trained it (frozen, or an integer buffer): keep it
             continue
         total = np.zeros(old.shape, dtype=np.float64)
         for institution, w in weights.items():
@@ -130,22 +133,28 @@ def aggregate(updates: Sequence[Update], previous: Mapping[str, np.ndarray], *,
 
 
 def validate_update(weights: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], *,
-                    institution: str, max_update_norm: float | None = None) -> None:
+                    institution: str, max_update_norm: float | None = None,
+                    expected: set[str] | None = None) -> None:
     """Check an update against the global model before it may be averaged.
+
+    Args:
+        expected: the parameter names the update must hold, no more, no fewer (default: every
+            parameter of ``reference``).
 
     Raises:
         UpdateRejected: missing or extra parameter, wrong shape or dtype, a non-finite value, or an
             update (weights minus the global weights) whose L2 norm exceeds ``max_update_norm``.
     """
-    missing = sorted(set(reference) - set(weights))
-    extra = sorted(set(weights) - set(reference))
+    expected = set(reference) if expected is None else expected
+    missing = sorted(expected - set(weights))
+    extra = sorted(set(weights) - expected)
     if missing:
         raise UpdateRejected(f"{institution}: missing parameters {missing[:5]}{' …' if len(missing) > 5 else ''}")
     if extra:
         raise UpdateRejected(f"{institution}: unexpected parameters {extra[:5]}{' …' if len(extra) > 5 else ''}")
     squared_norm = 0.0
-    for name, ref in reference.items():
-        value = weights[name]
+    for name, value in weights.items():
+        ref = reference[name]
         if value.shape != ref.shape:
             raise UpdateRejected(f"{institution}: {name} has shape {tuple(value.shape)}, "
                                  f"expected {tuple(ref.shape)}")

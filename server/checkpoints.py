@@ -68,3 +68,4 @@ class RunCheckpoints:
     def forget_final(self) -> None:
         """A fresh run must not leave an older run's model looking like its result."""
         shutil.rmtree(self.final_dir, ignore_errors=True)
+

@@ -20,9 +20,11 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from common import protocol as p
+from common.checkpoint import start_from
 from common.config import FederationConfig
 from common.data.readers import load_dataset
 from common.evaluation import evaluate
+from common.finetuning import trainable_names
 from common.model import GenomicTransformer
 from common.protocol import MetricsLog, RoundMetrics, Status, json_safe
 from server.checkpoints import RunCheckpoints
@@ -60,7 +62,8 @@ class FederationRun:
             aggregation=config.aggregation, min_train_institutions=fed.min_train_institutions,
             fraction_train=fed.fraction_train, fraction_evaluate=fed.fraction_evaluate,
             min_train_nodes=fed.min_train_institutions, min_evaluate_nodes=1 if fed.fraction_evaluate else 0,
-            min_available_nodes=fed.min_available_institutions)
+            min_available_nodes=fed.min_available_institutions,
+            expected_names=lambda tasks: trainable_names(self.model, mode=config.training.trainable, tasks=tasks))
 
     def prepare(self, *, resume: bool) -> FederationRun:
         """Resume from the newest checkpoint, or start a fresh history; load the central data."""
@@ -69,6 +72,10 @@ class FederationRun:
         else:  # a fresh run starts a fresh history in this directory
             self.metrics.clear()
             self.checkpoints.forget_final()
+            if self.config.init_checkpoint:
+                fresh = start_from(self.model, self.config.init_checkpoint)
+                log.info("starting from %s (%d tensors fresh)", self.config.init_checkpoint, len(fresh))
+                self.audit("initialised", {"checkpoint": str(self.config.init_checkpoint), "fresh": fresh})
         self.central = self._load_central()
         return self
 
@@ -102,7 +109,8 @@ class FederationRun:
         arrays = ArrayRecord(self.model.state_dict())
         train_config = ConfigRecord({
             p.MODEL_CONFIG: json.dumps(self.config.model.to_dict()), p.TASKS: json.dumps(list(self.config.tasks)),
-            p.TRAINING: self.config.training.model_dump_json(), p.RUN_NAME: self.config.name})
+            p.TRAINING: self.config.training.model_dump_json(), p.RUN_NAME: self.config.name,
+            p.NUM_ROUNDS: self.num_rounds})
         self.audit("run_started", {"name": self.config.name, "rounds": self.num_rounds,
                                    "start_round": self.start_round})
         if self.start_round == 1 and not self.history:

@@ -9,7 +9,7 @@ than ``min_train_institutions`` is an error, not a silent no-op.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +21,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from common import protocol as p
 from common.config import AggregationSection
-from common.model import head_of
+from common.finetuning import head_of
 from common.protocol import InstitutionRound, Status
 from server.aggregation import AggregationError, Update, UpdateRejected, aggregate, validate_update
 
@@ -77,9 +77,13 @@ class SpeciesFedAvg(FedAvg):
     :meth:`set_global`); updates are checked against its names, shapes and dtypes.
     """
 
-    def __init__(self, *, aggregation: AggregationSection, min_train_institutions: int, **fedavg_args):
+    def __init__(self, *, aggregation: AggregationSection, min_train_institutions: int,
+                 expected_names: Callable[[Iterable[str]], set[str]] | None = None, **fedavg_args):
+        """``expected_names(tasks)``: the parameters an institution that trained ``tasks`` must send
+        (default: every parameter)."""
         super().__init__(**fedavg_args)
         self.aggregation = aggregation
+        self.expected_names = expected_names
         self.min_train_institutions = min_train_institutions
         self.global_weights: dict[str, np.ndarray] = {}
         self.rounds: dict[int, RoundRecord] = {}
@@ -159,8 +163,9 @@ class SpeciesFedAvg(FedAvg):
         if unknown:
             raise UpdateRejected(f"{report.institution}: trained tasks {unknown} the model has no head for")
         weights = {k: v.numpy() for k, v in arrays.items()}
+        expected = self.expected_names(report.examples) if self.expected_names else None
         validate_update(weights, self.global_weights, institution=report.institution,
-                        max_update_norm=self.aggregation.max_update_norm)
+                        max_update_norm=self.aggregation.max_update_norm, expected=expected)
         return Update(report.institution, report.species, weights, report.examples)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:

@@ -143,3 +143,28 @@ def test_update_norm_bound():
 
 def test_valid_update_passes():
     validate_update(good(), GLOBAL, institution="a")
+
+
+def test_updates_of_trainable_parameters_only():
+    # Heads-only fine-tuning: institutions send only their heads; the backbone keeps its value.
+    a = Update("a", "human", {"heads.promoter.w": np.full(1, 2.0, np.float32)}, {"promoter": 10})
+    b = Update("b", "mouse", {"heads.promoter.w": np.full(1, 4.0, np.float32),
+                              "heads.splice.w": np.full(1, 6.0, np.float32)}, {"promoter": 10, "splice": 5})
+
+    weights, _ = aggregate([a, b], GLOBAL)
+
+    assert weights["embedding.weight"].tolist() == [0.0, 0.0]
+    assert weights["heads.promoter.w"].tolist() == [3.0]
+    assert weights["heads.splice.w"].tolist() == [6.0]
+    assert weights["heads.coding.w"].tolist() == [7.0]
+
+
+def test_an_update_must_hold_exactly_the_expected_parameters():
+    heads_only = {"heads.promoter.w": np.ones(1, np.float32)}
+    validate_update(heads_only, GLOBAL, institution="a", expected={"heads.promoter.w"})
+
+    with pytest.raises(UpdateRejected, match="unexpected parameters .*embedding.weight"):
+        validate_update({**heads_only, "embedding.weight": np.ones(2, np.float32)}, GLOBAL, institution="a",
+                        expected={"heads.promoter.w"})
+    with pytest.raises(UpdateRejected, match="missing parameters .*heads.splice.w"):
+        validate_update(heads_only, GLOBAL, institution="a", expected={"heads.promoter.w", "heads.splice.w"})

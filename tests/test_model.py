@@ -4,7 +4,8 @@ from opacus import PrivacyEngine
 from opacus.validators import ModuleValidator
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.model import GenomicTransformer, ModelConfig, ModelConfigError, head_of, parameters_for_task
+from common.finetuning import head_of
+from common.model import GenomicTransformer, ModelConfig, ModelConfigError, parameters_for_task
 from common.tasks import TASK_NAMES, task_loss
 from common.tokenizer import PAD_ID
 

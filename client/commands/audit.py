@@ -75,7 +75,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
                                  candidates=args.candidates, seed=args.seed,
                                  epsilons=tuple(args.epsilon) if args.epsilon else None)
         config = load_institution(args.institution)
-        model_config, training = model_and_training(args.config, default_model=AUDIT_MODEL)
+        model_config, training, _ = model_and_training(args.config, default_model=AUDIT_MODEL)
         report = audit_institution(config=config, out_dir=args.out, settings=settings, model_config=model_config,
                                    training=training, progress=console.print)
     except (AuditError, ConfigError, ValueError, OSError) as err:

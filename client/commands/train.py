@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from client.agent import InstitutionAgent
-from common.checkpoint import save_checkpoint
+from common.checkpoint import save_checkpoint, start_from
 from common.config import ConfigError, PrivacyConfig, TrainingConfig, load_federation, load_institution
 from common.model import GenomicTransformer, ModelConfig
 from common.protocol import Status
@@ -27,16 +27,16 @@ console = Console()
 
 
 def model_and_training(path: Path | None, *, default_model: ModelConfig | None = None,
-                       ) -> tuple[ModelConfig, TrainingConfig | None]:
-    """``model:`` and ``training:`` of a federation file (validated whole, as the server would), or
-    the defaults for what the file does not set."""
+                       ) -> tuple[ModelConfig, TrainingConfig | None, Path | None]:
+    """``model:`` (with its ``init_checkpoint``) and ``training:`` of a federation file (validated
+    whole, as the server would), or the defaults for what the file does not set."""
     default_model = default_model or ModelConfig()
     if path is None:
-        return default_model, None
+        return default_model, None, None
     federation = load_federation(path)
     given = federation.model_fields_set
     return (federation.model if "model" in given else default_model,
-            federation.training if "training" in given else None)
+            federation.training if "training" in given else None, federation.init_checkpoint)
 
 
 def train_locally(*, institution_file: Path, out_dir: Path, epochs: int, dp: bool,
@@ -45,15 +45,17 @@ def train_locally(*, institution_file: Path, out_dir: Path, epochs: int, dp: boo
     institution = load_institution(institution_file)
     if not dp:
         institution = institution.model_copy(update={"privacy": PrivacyConfig(enabled=False)})
-    model_config, training = model_and_training(config_file)
+    model_config, training, init_checkpoint = model_and_training(config_file)
     agent = InstitutionAgent(institution, federation_training=training)
     agent.training = agent.training.model_copy(update={"local_epochs": 1.0})
     torch.manual_seed(agent.training.seed)
     model = GenomicTransformer(model_config, tasks=tuple(institution.tasks))
+    if init_checkpoint is not None:
+        start_from(model, init_checkpoint)
     run_id = f"local-train-{time.strftime('%Y%m%dT%H%M%S')}"
     epochs_done = 0
     for epoch in range(1, epochs + 1):
-        outcome = agent.train(model, run_id=run_id, server_round=epoch)
+        outcome = agent.train(model, run_id=run_id, server_round=epoch, num_rounds=epochs)
         if outcome.status == Status.REFUSED:
             console.print(f"[yellow]epoch {epoch}: {outcome.reason}; stopping[/yellow]")
             break

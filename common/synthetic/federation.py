@@ -6,6 +6,8 @@ Layout under ``out_dir``::
     central/<task>/test.tsv                     held-out set: every federation species with the task
     central/<task>/oracle.tsv                   id, oracle (P(label = 1), sequence tasks only)
     variants.tsv                                id, species, ref, alt, motif, effect, task, kind, position
+    public/<species>.fa                         unlabelled public sequence of each federation species
+                                                (for pre-training; disjoint from every record above)
     manifest.yaml                               institutions, species, tasks, counts, parameters, seed
 
 TSV files are UTF-8 with a header row and ``\\n`` line ends; a splice ``labels`` value is one digit
@@ -37,13 +39,26 @@ from common.synthetic.generator import (
     generate,
     get_species,
 )
-from common.synthetic.genome import Difficulty, SyntheticError, require_task
+from common.synthetic.genome import (
+    Difficulty,
+    SyntheticError,
+    require_task,
+    reverse_complement,
+    sample_markov,
+    species_background,
+    to_codes,
+    to_string,
+)
 from common.synthetic.variants import VARIANT_TASKS, VariantPair, generate_variant_pairs
 from common.tasks import TASK_NAMES
 
 MANIFEST = "manifest.yaml"
 FORMAT = "helixfed-synthetic/1"
 CENTRAL = "central"
+PUBLIC = "public"
+DEFAULT_PUBLIC_BASES = 200_000
+PUBLIC_RECORD_BASES = 50_000  # bases per record of a public FASTA (records of a "chromosome")
+_FASTA_WIDTH = 60
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _VARIANT_COLUMNS = ("id", "species", "ref", "alt", "motif", "effect", "task", "kind", "position")
 
@@ -141,7 +156,7 @@ def _check_out_dir(out_dir: Path) -> None:
 
 
 def _check_arguments(specs, *, seed, n_per_task, central_n, lengths, difficulty, variants_per_species,
-                     split_fractions) -> dict[str, int]:
+                     split_fractions, public_bases) -> dict[str, int]:
     if not specs:
         raise DataError("institutions: expected at least one institution")
     names = [s.name for s in specs]
@@ -164,6 +179,8 @@ def _check_arguments(specs, *, seed, n_per_task, central_n, lengths, difficulty,
         if not isinstance(length, int) or isinstance(length, bool) or length < MIN_LENGTHS[task]:
             raise DataError(f"lengths.{task}: the {task} layout needs at least {MIN_LENGTHS[task]} bases, "
                             f"got {length!r}")
+    if not isinstance(public_bases, int) or isinstance(public_bases, bool) or public_bases < 0:
+        raise DataError(f"public_bases: expected a non-negative integer, got {public_bases!r}")
     if variants_per_species is not None and (not isinstance(variants_per_species, int) or variants_per_species < 0):
         raise DataError(f"variants_per_species: expected a non-negative integer, got {variants_per_species!r}")
     shares = np.asarray(split_fractions, dtype=float)
@@ -179,7 +196,8 @@ def _check_arguments(specs, *, seed, n_per_task, central_n, lengths, difficulty,
 def write_federation_data(*, institutions: Sequence[InstitutionSpec | Mapping], out_dir: str | os.PathLike,
                           seed: int, n_per_task: int, central_n: int, lengths: Mapping[str, int] | None = None,
                           difficulty: float = DEFAULT_DIFFICULTY, variants_per_species: int | None = None,
-                          split_fractions: Sequence[float] = (0.8, 0.1, 0.1), progress: bool = True) -> dict:
+                          split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+                          public_bases: int = DEFAULT_PUBLIC_BASES, progress: bool = True) -> dict:
     """Generate every institution's train/val/test data, the central test sets, variant pairs and
     the manifest (layout in the module docstring).
 
@@ -195,6 +213,9 @@ def write_federation_data(*, institutions: Sequence[InstitutionSpec | Mapping], 
         variants_per_species: variant pairs per species that has promoter/enhancer/splice data
             (default ``central_n``; 0 writes a variants.tsv with only its header).
         split_fractions: train, validation, test shares.
+        public_bases: bases of unlabelled public sequence per species (``public/<species>.fa``:
+            species background with the tasks' elements planted in it, for pre-training; 0 writes
+            none).
         progress: show a rich progress bar on stderr.
 
     Returns:
@@ -203,13 +224,14 @@ def write_federation_data(*, institutions: Sequence[InstitutionSpec | Mapping], 
     Raises:
         DataError: a bad institution (name, species, task the species lacks, size), duplicate
             names, non-positive counts, a negative seed, unknown tasks or too-short windows in
-            ``lengths``, a difficulty outside [0, 1], bad split fractions, or an ``out_dir`` that
+            ``lengths``, a difficulty outside [0, 1], bad split fractions, a negative
+            ``public_bases``, or an ``out_dir`` that
             is not ours. Everything is checked before the first file is written.
     """
     specs = [InstitutionSpec.from_value(v) for v in institutions]
     task_lengths = _check_arguments(specs, seed=seed, n_per_task=n_per_task, central_n=central_n, lengths=lengths,
                                     difficulty=difficulty, variants_per_species=variants_per_species,
-                                    split_fractions=split_fractions)
+                                    split_fractions=split_fractions, public_bases=public_bases)
     out = Path(out_dir)
     _check_out_dir(out)
     species = list(dict.fromkeys(s.species for s in specs))
@@ -217,7 +239,7 @@ def write_federation_data(*, institutions: Sequence[InstitutionSpec | Mapping], 
     n_variants = central_n if variants_per_species is None else variants_per_species
     plan = _Plan(out, seed, task_lengths, difficulty, split_fractions)
     steps = (sum(len(s.tasks) for s in specs) + sum(len(_central_species(t, species)) for t in tasks)
-             + len(species))
+             + len(species) + (len(species) if public_bases else 0))
     console = Console(stderr=True)
     with Progress(console=console, disable=not progress, transient=False) as bar:
         job = bar.add_task("generating federation data", total=steps)
@@ -225,9 +247,12 @@ def write_federation_data(*, institutions: Sequence[InstitutionSpec | Mapping], 
         central = {t: plan.central(t, _central_species(t, species), central_n, lambda: bar.advance(job))
                    for t in tasks}
         n_pairs = plan.variants(species, n_variants, lambda: bar.advance(job))
-    manifest = _manifest(specs, species, tasks, counts, central, n_pairs, seed=seed, n_per_task=n_per_task,
+        public = {name: plan.public(name, public_bases, lambda: bar.advance(job))
+                  for name in species} if public_bases else {}
+    manifest = _manifest(specs, species, tasks, counts, central, n_pairs, public, seed=seed, n_per_task=n_per_task,
                          central_n=central_n, lengths=task_lengths, difficulty=difficulty,
-                         variants_per_species=n_variants, split_fractions=split_fractions)
+                         variants_per_species=n_variants, split_fractions=split_fractions,
+                         public_bases=public_bases)
     _write_text(out / MANIFEST, yaml.safe_dump(manifest, sort_keys=False))
     return manifest
 
@@ -294,8 +319,67 @@ class _Plan:
         _write_variants(self.out / "variants.tsv", pairs)
         return len(pairs)
 
+    def public(self, species: str, n_bases: int, advance) -> dict:
+        """``public/<species>.fa``: :func:`public_sequence` cut into records of
+        ``PUBLIC_RECORD_BASES``, with its own derived seed (disjoint from every institution's)."""
+        sequence = public_sequence(species=species, n_bases=n_bases, seed=_derived_seed(self.seed, PUBLIC, species),
+                                   lengths=self.lengths, difficulty=self.difficulty)
+        records = [sequence[i : i + PUBLIC_RECORD_BASES] for i in range(0, len(sequence), PUBLIC_RECORD_BASES)]
+        lines = []
+        for number, record in enumerate(records, start=1):
+            lines.append(f">{species}-public-{number} synthetic {species} public sequence\n")
+            lines += [record[i : i + _FASTA_WIDTH] + "\n" for i in range(0, len(record), _FASTA_WIDTH)]
+        path = f"{PUBLIC}/{species}.fa"
+        _write_text(self.out / path, "".join(lines))
+        advance()
+        return {"path": path, "bases": len(sequence), "records": len(records)}
 
-def _manifest(specs, species, tasks, counts, central, n_pairs, **parameters) -> dict:
+
+def public_sequence(*, species: str, n_bases: int, seed: int, lengths: Mapping[str, int],
+                    difficulty: float = DEFAULT_DIFFICULTY) -> str:
+    """Unlabelled sequence of one species as a genome would hold it: stretches of the species'
+    Markov background (100-700 bases) alternating with the elements its tasks plant (promoters,
+    enhancer motif clusters, ORFs, splice sites: the generator's positive windows, on a random
+    strand), so masked-base prediction meets the same motifs the tasks depend on.
+
+    Args:
+        species: a species name or alias.
+        n_bases: length of the result.
+        seed: seed of everything drawn here (elements use seeds derived from it).
+        lengths: window length per task of the planted elements.
+        difficulty: generator difficulty of the elements.
+
+    Returns:
+        ``n_bases`` upper-case bases.
+    """
+    profile = get_species(species)
+    rng = np.random.default_rng(seed)
+    tasks = [t for t in TASK_NAMES if t in profile.tasks]
+    n_elements = n_bases // (400 + int(np.mean([lengths[t] for t in tasks]))) + 1
+    elements = []
+    for task in tasks:
+        data = generate(task=task, species=profile.name, n=-(-n_elements // len(tasks)),
+                        seed=_derived_seed(seed, task), length=lengths[task], difficulty=difficulty,
+                        positive_fraction=1.0)
+        keep = [True] * len(data.records) if data.planted is None else (np.asarray(data.planted) == 1).tolist()
+        elements += [to_codes(r.sequence) for r, k in zip(data.records, keep, strict=True) if k]
+    order = rng.permutation(len(elements))
+    gaps = sample_markov(rng, species_background(profile), n=len(elements) + 1, length=700)
+    gap_lengths = rng.integers(100, 701, len(elements) + 1)
+    flips = rng.random(len(elements)) < 0.5
+    pieces, total = [], 0
+    for k, index in enumerate(order):
+        element = reverse_complement(elements[index]) if flips[k] else elements[index]
+        pieces += [gaps[k, : gap_lengths[k]], element]
+        total += int(gap_lengths[k]) + element.size
+        if total >= n_bases:
+            break
+    else:  # every element used and still short: end in background
+        pieces.append(sample_markov(rng, species_background(profile), n=1, length=n_bases - total)[0])
+    return to_string(np.concatenate(pieces)[:n_bases])
+
+
+def _manifest(specs, species, tasks, counts, central, n_pairs, public, **parameters) -> dict:
     parameters["lengths"] = {t: parameters["lengths"][t] for t in TASK_NAMES}
     parameters["split_fractions"] = [float(f) for f in parameters["split_fractions"]]
     parameters["difficulty"] = float(parameters["difficulty"])
@@ -309,18 +393,22 @@ def _manifest(specs, species, tasks, counts, central, n_pairs, **parameters) -> 
         "institutions": [{**asdict(s), "tasks": list(s.tasks), "counts": counts[s.name]} for s in specs],
         CENTRAL: {t: {"path": f"{CENTRAL}/{t}/test.tsv", **central[t]} for t in tasks},
         "variants": {"path": "variants.tsv", "n": n_pairs},
+        PUBLIC: public,
     }
 
 
 def manifest_differences(manifest: Mapping, *, institutions: Sequence[InstitutionSpec | Mapping], seed: int,
                          n_per_task: int, central_n: int, lengths: Mapping[str, int] | None = None,
-                         difficulty: float = DEFAULT_DIFFICULTY) -> list[str]:
+                         difficulty: float = DEFAULT_DIFFICULTY, public_bases: int | None = None) -> list[str]:
     """What differs between data on disk (its manifest) and the data these arguments would generate;
-    an empty list means the data on disk is exactly what they ask for."""
+    an empty list means the data on disk is exactly what they ask for. ``public_bases`` is compared
+    only when given (data written before public sequence existed has none)."""
     generator = manifest.get("generator", {})
     wanted = {"seed": (manifest.get("seed"), seed), "n_per_task": (generator.get("n_per_task"), n_per_task),
               "central_n": (generator.get("central_n"), central_n),
               "difficulty": (generator.get("difficulty"), float(difficulty))}
+    if public_bases is not None:
+        wanted["public_bases"] = (generator.get("public_bases", 0), public_bases)
     for task, length in (lengths or {}).items():
         wanted[f"lengths.{task}"] = (generator.get("lengths", {}).get(task), length)
     differences = [f"{key}: on disk {have!r}, asked for {want!r}" for key, (have, want) in wanted.items()

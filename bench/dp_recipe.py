@@ -1,0 +1,185 @@
+"""Is the model worth federating? Every task's test metric for the classic baselines, the DP k-mer
+baseline, centralized non-DP training and a federation of institutions under DP, in one table.
+
+    .venv/bin/python bench/dp_recipe.py --data DIR --tasks promoter coding [--institutions 3]
+        [--rounds 6] [--epsilons 8 3] [--config configs/demo.yaml] [--init-checkpoint CKPT]
+        [--variants scratch/all pretrained/all pretrained/heads pretrained/lora] [--out FILE.md]
+
+DIR holds ``<task>/{train,val,test}.tsv`` (a real set from bench/real_data/build_real_sets.py, or one
+institution's generated data). The training split is dealt at random into ``--institutions``
+equal shares (one per institution, same species); each institution trains under its own ledger
+with ``planned_rounds = --rounds`` at each ε (δ 1e-5), through the project's own agent, trainer,
+ledger and aggregation (``InstitutionAgent.train`` -> ``server.aggregation.aggregate``), in one
+process: Flower only carries these messages and adds nothing to quality. The baselines:
+
+* k-mer: the classic logistic regression on the pooled training split, no privacy (the bar);
+* DP k-mer (one site): the same features trained with DP-SGD at the same ε on ONE institution's
+  share: what an institution gets alone under its budget;
+* centralized: the transformer trained without DP on the pooled split for as many epochs as the
+  federation's rounds x local epochs.
+
+Variants: ``scratch/all`` (random init, every parameter), ``pretrained/<mode>`` (from
+``--init-checkpoint``, training ``all``, ``heads`` or ``lora`` parameters; ``lora`` needs the
+config's ``model.lora_rank``, set to 8 here if 0). Scored on the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from client.agent import InstitutionAgent  # noqa: E402
+from common.analysis.baselines import run_baseline  # noqa: E402
+from common.analysis.dp_baselines import DPSettings, run_dp_baseline  # noqa: E402
+from common.checkpoint import start_from  # noqa: E402
+from common.config import InstitutionConfig, PrivacyConfig, load_federation  # noqa: E402
+from common.data.dataset import GenomicDataset, Record  # noqa: E402
+from common.data.readers import load_dataset  # noqa: E402
+from common.data.writers import write_split_tables  # noqa: E402
+from common.evaluation import evaluate  # noqa: E402
+from common.model import GenomicTransformer  # noqa: E402
+from common.tasks import get_task  # noqa: E402
+from server.aggregation import Update, aggregate  # noqa: E402
+
+DEFAULT_VARIANTS = ("scratch/all",)
+
+
+def records_of(dataset: GenomicDataset) -> list[Record]:
+    per_position = dataset.task.per_position
+    return [Record(dataset.ids[i], dataset.sequences[i],
+                   dataset.labels[i].numpy() if per_position else int(dataset.labels[i]), dataset.species[i])
+            for i in range(len(dataset))]
+
+
+def deal(datasets: dict[str, GenomicDataset], k: int, seed: int) -> list[dict[str, list[Record]]]:
+    """Each task's training records shuffled and dealt into ``k`` equal shares."""
+    shares: list[dict[str, list[Record]]] = [{} for _ in range(k)]
+    for task, data in datasets.items():
+        records = records_of(data)
+        random.Random(seed).shuffle(records)
+        for i in range(k):
+            shares[i][task] = records[i::k]
+    return shares
+
+
+def head(task: str, metrics: dict) -> float:
+    return float(metrics[get_task(task).headline_metric])
+
+
+def federate(config, shares, test, *, epsilon, rounds, variant, init_checkpoint, work: Path) -> dict[str, float]:
+    """``rounds`` rounds of the institutions' DP training and FedAvg; the final model's test metrics."""
+    start, mode = variant.split("/")
+    model_config = config.model
+    if mode == "lora" and not model_config.lora_rank:
+        model_config = type(model_config)(**{**model_config.to_dict(), "lora_rank": 8})
+    training = config.training.model_copy(update={"trainable": mode})
+    tasks = tuple(test)
+    torch.manual_seed(config.seed)
+    model = GenomicTransformer(model_config, tasks=tasks)
+    if start == "pretrained":
+        start_from(model, init_checkpoint)
+    agents = []
+    for i, share in enumerate(shares):
+        data_dir = work / f"site-{i}"
+        for task, records in share.items():
+            write_split_tables(data_dir / task, {"train": records, "test": records[:10]})
+        privacy = PrivacyConfig(epsilon=epsilon, delta=1e-5, planned_rounds=rounds)
+        institution = InstitutionConfig(name=f"site-{i}", species="human", tasks=tasks, data_dir=data_dir,
+                                        state_dir=work / f"state-{i}-{variant.replace('/', '-')}-{epsilon}",
+                                        device="cpu", privacy=privacy)
+        agents.append(InstitutionAgent(institution, federation_training=training))
+    for r in range(1, rounds + 1):
+        previous = {k: v.numpy() for k, v in model.state_dict().items()}
+        updates = []
+        for agent in agents:
+            local = GenomicTransformer(model_config, tasks=tasks)
+            local.load_state_dict(model.state_dict())
+            outcome = agent.train(local, run_id=f"bench-{variant}-{epsilon}", server_round=r, num_rounds=rounds)
+            if outcome.weights is not None:
+                updates.append(Update(agent.config.name, "human", {k: v.numpy() for k, v in outcome.weights.items()},
+                                      outcome.examples))
+        weights, _ = aggregate(updates, previous)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    epsilon_spent = max(agent.epsilon() for agent in agents)
+    scores = {task: head(task, evaluate(model, data, batch_size=128)) for task, data in test.items()}
+    return {**scores, "epsilon": epsilon_spent}
+
+
+def centralized(config, train, test, *, epochs: int) -> dict[str, float]:
+    from client.trainer import seed_everything, train_round
+
+    torch.manual_seed(config.seed)
+    model = GenomicTransformer(config.model, tasks=tuple(test))
+    training = config.training.model_copy(update={"local_epochs": 1.0})
+    for epoch in range(1, epochs + 1):
+        seed_everything(training.seed + epoch)
+        train_round(model, train, training=training, dp=False, noise_multiplier=0.0, max_grad_norm=1.0,
+                    accountant="rdp", device=torch.device("cpu"), progress=((epoch - 1) / epochs, epoch / epochs))
+    return {task: head(task, evaluate(model, data, batch_size=128)) for task, data in test.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--tasks", nargs="+", required=True)
+    parser.add_argument("--institutions", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[8.0, 3.0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
+    parser.add_argument("--init-checkpoint", type=Path, default=None)
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
+    parser.add_argument("--max-train", type=int, default=None, help="cap each task's training records")
+    parser.add_argument("--skip-centralized", action="store_true")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    config = load_federation(args.config)
+    max_len = config.model.max_len
+    train = {t: load_dataset(args.data / t, task=t, split="train", max_len=max_len) for t in args.tasks}
+    if args.max_train:
+        train = {t: GenomicDataset(records_of(d)[: args.max_train], task=t, max_len=max_len) for t, d in train.items()}
+    test = {t: load_dataset(args.data / t, task=t, split="test", max_len=max_len) for t in args.tasks}
+    shares = deal(train, args.institutions, seed=0)
+    rows: dict[str, dict[str, float]] = {}
+    started = time.monotonic()
+    rows["k-mer (pooled, no DP)"] = {t: head(t, run_baseline(train[t], test[t], task=t, method="kmer")) for t in args.tasks}
+    for eps in args.epsilons:
+        one_site = {t: GenomicDataset(shares[0][t], task=t, max_len=max_len) for t in args.tasks}
+        rows[f"DP k-mer, one site, ε={eps:g}"] = {
+            t: head(t, run_dp_baseline(one_site[t], test[t], task=t, settings=DPSettings(epsilon=eps)))
+            for t in args.tasks}
+    print(rows, flush=True)
+    epochs = max(1, round(args.rounds * config.training.local_epochs))
+    if not args.skip_centralized:
+        rows[f"transformer centralized, no DP ({epochs} epochs)"] = centralized(config, train, test, epochs=epochs)
+        print(rows, flush=True)
+    with tempfile.TemporaryDirectory(prefix="dp-recipe-") as work:
+        for variant in args.variants:
+            for eps in args.epsilons:
+                scores = federate(config, shares, test, epsilon=eps, rounds=args.rounds, variant=variant,
+                                  init_checkpoint=args.init_checkpoint, work=Path(work))
+                rows[f"federated {args.institutions} sites, {variant}, ε={eps:g} (spent {scores.pop('epsilon'):.2f})"] = scores
+                print(variant, eps, scores, f"{time.monotonic() - started:.0f}s", flush=True)
+    table = ["| model | " + " | ".join(args.tasks) + " |", "|---|" + "---|" * len(args.tasks)]
+    table += [f"| {name} | " + " | ".join(f"{s[t]:.3f}" for t in args.tasks) + " |" for name, s in rows.items()]
+    text = "\n".join(table)
+    print(text)
+    if args.out:
+        header = (f"# dp_recipe: {args.data}\n\n`{' '.join(sys.argv[1:])}`\n\n{args.institutions} institutions, "
+                  f"{args.rounds} rounds, config {args.config.name}; train {[len(d) for d in train.values()]}, "
+                  f"test {[len(d) for d in test.values()]}; {time.monotonic() - started:.0f} s\n\n")
+        args.out.write_text(header + text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
