@@ -138,11 +138,15 @@ def main() -> int:
     parser.add_argument("--init-checkpoint", type=Path, default=None)
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
     parser.add_argument("--max-train", type=int, default=None, help="cap each task's training records")
+    parser.add_argument("--local-epochs", type=float, default=None, help="override training.local_epochs")
     parser.add_argument("--skip-centralized", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = load_federation(args.config)
+    if args.local_epochs:
+        config = config.model_copy(update={"training": config.training.model_copy(
+            update={"local_epochs": args.local_epochs})})
     max_len = config.model.max_len
     train = {t: load_dataset(args.data / t, task=t, split="train", max_len=max_len) for t in args.tasks}
     if args.max_train:

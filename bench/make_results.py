@@ -6,13 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("model_step", "dp_overhead", "privacy_audit", "serve_latency", "privacy_utility", "species_weighting",
-         "scale", "deploy_overhead", "gpu")
-TITLES = {"model_step": "DP vs non-DP training step (issue 2)", "dp_overhead": "DP cost through the trainer, FLOP/s (issues 4, 8.3)",
+ORDER = ("dp_recipe", "dp_study", "model_step", "dp_overhead", "privacy_audit", "serve_latency", "privacy_utility",
+         "species_weighting", "scale", "deploy_overhead", "gpu")
+TITLES = {"dp_recipe": "Is the model worth federating? Baselines, DP baselines, centralized, federated (issue 12)",
+          "dp_study": "DP recipe study: clipping bias, recipes under noise (issue 12.1)",
+          "model_step": "DP vs non-DP training step (issue 2)", "dp_overhead": "DP cost through the trainer, FLOP/s (issues 4, 8.3)",
           "privacy_audit": "Privacy audit: canary exposure, membership inference (issue 8.5)",
           "serve_latency": "Evaluation service latency (issue 7)", "privacy_utility": "Privacy vs utility (issue 8.1)",
           "species_weighting": "Species weighting (issue 8.2)", "scale": "Scale and aggregation throughput (issue 8.4)",
           "deploy_overhead": "Deployment vs simulation round overhead (issue 6)", "gpu": "GPU (issue 8.6)"}
+# Where a record lives when it is not bench/results/<name>.md.
+SOURCES = {"dp_study": HERE / "dp_study" / "README.md"}
 INTRO = """# Benchmark results
 
 Every number the README quotes comes from one of these records. Each section is the verbatim output of
@@ -26,10 +30,11 @@ the GPU script, run on a lent GPU machine only.
 
 def main() -> None:
     parts = [INTRO, "\n## Contents\n"]
-    present = [name for name in ORDER if (HERE / "results" / f"{name}.md").is_file()]
+    records = {name: SOURCES.get(name, HERE / "results" / f"{name}.md") for name in ORDER}
+    present = [name for name in ORDER if records[name].is_file()]
     parts += [f"- [{TITLES[name]}](#{name.replace('_', '-')})" for name in present]
     for name in present:
-        body = (HERE / "results" / f"{name}.md").read_text().strip()
+        body = records[name].read_text().strip()
         body = "\n".join(line for line in body.splitlines() if not line.startswith("<!--"))
         body = body.replace("\n# ", "\n### ").removeprefix("# ")
         parts.append(f"\n<a id=\"{name.replace('_', '-')}\"></a>\n## {TITLES[name]}\n\n{body}\n")

@@ -140,6 +140,7 @@ class SyntheticDataConfig(StrictModel):
     central_n: int = Field(200, ge=10)  # central evaluation records per task and species
     difficulty: float = Field(0.5, ge=0.0, le=1.0)  # label noise, motif sharpness, decoys (see synthetic)
     lengths: dict[TaskName, Annotated[int, Field(ge=60, le=4096)]] = {}  # bases per window and task
+    public_bases: int = Field(200_000, ge=0)  # unlabelled public sequence per species (public/<species>.fa)
 
 
 class FederationSection(StrictModel):

@@ -1,7 +1,10 @@
 """The run's human-readable results: ``report.md`` and ``plots/*.png`` from ``metrics.jsonl``.
 
-The classic baseline column is a k-mer logistic regression, 2-fold cross-validated on the
-server's own central evaluation set (the server never sees institution data), per task and species.
+Two baseline columns, each 2-fold cross-validated on the server's own central evaluation set (the
+server never sees institution data), per task and species: the classic k-mer logistic regression
+without privacy (the bar to clear), and the same features trained with DP-SGD at the largest budget
+any institution reported (:mod:`common.analysis.dp_baselines`), what a site could fit alone under DP.
+A row whose model is below a baseline is marked, so the report says where the transformer loses.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common.analysis.baselines import run_baseline  # noqa: E402
+from common.analysis.dp_baselines import DPSettings, run_dp_baseline  # noqa: E402
 from common.config import FederationConfig  # noqa: E402
 from common.data.dataset import GenomicDataset, Record  # noqa: E402
 from common.protocol import RoundMetrics, Status  # noqa: E402
@@ -33,16 +37,21 @@ def _subset(dataset: GenomicDataset, rows: list[int]) -> GenomicDataset:
     return GenomicDataset(records, task=dataset.task.name, source=dataset.source)
 
 
-def cross_validated_baseline(dataset: GenomicDataset, *, seed: int = 0) -> float | None:
-    """Headline metric of the k-mer baseline, mean over 2 folds; None if it cannot be fitted."""
+def cross_validated_baseline(dataset: GenomicDataset, *, seed: int = 0,
+                             dp_epsilon: float | None = None) -> float | None:
+    """Headline metric of the k-mer baseline (trained with DP at ``dp_epsilon`` when given), mean
+    over 2 folds; None if it cannot be fitted."""
     task = dataset.task
     order = np.random.default_rng(seed).permutation(len(dataset))
     folds = [order[: len(order) // 2].tolist(), order[len(order) // 2:].tolist()]
     scores = []
     for train_rows, test_rows in (folds, folds[::-1]):
+        train, test = _subset(dataset, train_rows), _subset(dataset, test_rows)
         try:
-            metrics = run_baseline(_subset(dataset, train_rows), _subset(dataset, test_rows), task=task.name,
-                                   method="kmer", seed=seed)
+            if dp_epsilon is None:
+                metrics = run_baseline(train, test, task=task.name, method="kmer", seed=seed)
+            else:
+                metrics = run_dp_baseline(train, test, task=task.name, settings=DPSettings(epsilon=dp_epsilon))
         except ValueError as err:  # e.g. a fold with a single class
             log.warning("baseline for %s skipped: %s", task.name, err)
             return None
@@ -50,26 +59,37 @@ def cross_validated_baseline(dataset: GenomicDataset, *, seed: int = 0) -> float
     return float(np.mean(scores))
 
 
-def baselines(central: dict[str, GenomicDataset]) -> dict[str, dict[str, float | None]]:
+def baselines(central: dict[str, GenomicDataset], *, dp_epsilon: float | None = None,
+              ) -> dict[str, dict[str, float | None]]:
     """task -> {"all": score, <species>: score}."""
     table: dict[str, dict[str, float | None]] = {}
     for task, dataset in central.items():
-        table[task] = {"all": cross_validated_baseline(dataset)}
+        table[task] = {"all": cross_validated_baseline(dataset, dp_epsilon=dp_epsilon)}
         for species in sorted({s for s in dataset.species if s}):
             rows = [i for i, s in enumerate(dataset.species) if s == species]
-            table[task][species] = cross_validated_baseline(_subset(dataset, rows))
+            table[task][species] = cross_validated_baseline(_subset(dataset, rows), dp_epsilon=dp_epsilon)
     return table
+
+
+def largest_budget(history: list[RoundMetrics]) -> float | None:
+    """The largest ε budget any institution reported (None: no institution trained under DP)."""
+    budgets = [r.budget for line in history for r in line.institutions.values()
+               if r.budget is not None and math.isfinite(r.budget)]
+    return max(budgets) if budgets else None
 
 
 def _fmt(value) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
-def results_table(history: list[RoundMetrics], baseline: dict | None = None) -> list[str]:
-    """Markdown rows: task x species, headline metric at round 0 and at the last round."""
+def results_table(history: list[RoundMetrics], baseline: dict | None = None, dp_baseline: dict | None = None,
+                  dp_epsilon: float | None = None) -> list[str]:
+    """Markdown rows: task x species, headline metric at round 0 and at the last round, beside the
+    baselines; the last round's value is marked "(below)" where a baseline beats it."""
     first, last = history[0].central, history[-1].central
-    lines = ["| task | species | metric | round 0 | round " + str(history[-1].round) + " | k-mer baseline |",
-             "|---|---|---|---|---|---|"]
+    dp_title = f"DP k-mer (ε={dp_epsilon:g})" if dp_epsilon is not None else "DP k-mer"
+    lines = ["| task | species | metric | round 0 | round " + str(history[-1].round) + f" | k-mer baseline | {dp_title} |",
+             "|---|---|---|---|---|---|---|"]
     for task in last:
         metric = get_task(task).headline_metric
         rows = [("all", first.get(task, {}), last[task])]
@@ -77,8 +97,11 @@ def results_table(history: list[RoundMetrics], baseline: dict | None = None) -> 
                  for s, m in last[task].get("species", {}).items()]
         for species, before, after in rows:
             base = (baseline or {}).get(task, {}).get(species)
+            dp_base = (dp_baseline or {}).get(task, {}).get(species)
+            value = after.get(metric)
+            below = value is not None and any(b is not None and value < b for b in (base, dp_base))
             lines.append(f"| {task} | {species} | {metric} | {_fmt(before.get(metric))} | "
-                         f"{_fmt(after.get(metric))} | {_fmt(base)} |")
+                         f"{_fmt(value)}{' (below)' if below else ''} | {_fmt(base)} | {_fmt(dp_base)} |")
     return lines
 
 
@@ -142,13 +165,20 @@ def _plot_epsilon(history: list[RoundMetrics], out: Path) -> Path:
 def write_report(out_dir: Path, history: list[RoundMetrics], config: FederationConfig, *,
                  central: dict | None = None) -> Path:
     """Write report.md and the plots; returns the report's path."""
-    baseline = baselines(central) if central and config.central_evaluation.baselines else None
+    wanted = bool(central) and config.central_evaluation.baselines
+    baseline = baselines(central) if wanted else None
+    epsilon = largest_budget(history)
+    dp_baseline = baselines(central, dp_epsilon=epsilon) if wanted and epsilon is not None else None
     plots = plot_metrics(history, out_dir / PLOTS_DIR)
     lines = [f"# helixfed run `{config.name}`", "",
              f"{history[-1].round} rounds, aggregation `{config.aggregation.mode}`, tasks "
-             f"{', '.join(config.tasks)}. Central evaluation on the server's held-out set; "
-             "the baseline is a k-mer (k<=6) logistic regression, 2-fold cross-validated on that set.", "",
-             "## Results (headline metric per task and species)", "", *results_table(history, baseline), "",
+             f"{', '.join(config.tasks)}. Central evaluation on the server's held-out set. Baselines, "
+             "2-fold cross-validated on that set: a k-mer logistic regression without privacy, and the same "
+             "features trained with DP-SGD at the largest budget an institution reported (a site alone under "
+             "DP; on this small set it is weaker than on an institution's data). \"(below)\" marks where the "
+             "federated model is beaten by a baseline.", "",
+             "## Results (headline metric per task and species)", "",
+             *results_table(history, baseline, dp_baseline, epsilon), "",
              "## Privacy spent", "", *privacy_table(history), "", "## Plots", ""]
     lines += [f"![{p.stem}]({PLOTS_DIR}/{p.name})" for p in plots]
     path = out_dir / REPORT_FILE

@@ -27,7 +27,8 @@ def synth_from_config(config_file: Path, out_dir: Path) -> dict:
     data = federation.data or SyntheticDataConfig()
     return write_federation_data(institutions=list(federation.institutions), out_dir=out_dir, seed=data.seed,
                                  n_per_task=data.n_per_task, central_n=data.central_n,
-                                 lengths=dict(data.lengths) or None, difficulty=data.difficulty, progress=True)
+                                 lengths=dict(data.lengths) or None, difficulty=data.difficulty,
+                                 public_bases=data.public_bases, progress=True)
 
 
 def add_data_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -43,7 +43,8 @@ def ensure_data(config: FederationConfig) -> Path:
         raise ConfigError(f"no data at {data_dir} and no `data:` section to generate it from")
     d = config.data
     arguments = {"institutions": list(config.institutions), "seed": d.seed, "n_per_task": d.n_per_task,
-                 "central_n": d.central_n, "lengths": dict(d.lengths) or None, "difficulty": d.difficulty}
+                 "central_n": d.central_n, "lengths": dict(d.lengths) or None, "difficulty": d.difficulty,
+                 "public_bases": d.public_bases}
     if manifest_path.is_file():
         differences = manifest_differences(yaml.safe_load(manifest_path.read_text()) or {}, **arguments)
         if not differences:

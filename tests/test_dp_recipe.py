@@ -1,0 +1,68 @@
+"""The recipe's knobs: the learning-rate schedule over the federation, automatic clipping, EMA."""
+
+import pytest
+import torch
+from opacus import PrivacyEngine
+from torch.utils.data import DataLoader, TensorDataset
+
+from client.trainer import WeightAverage, _ClippingOptimizer, _Steps
+from common.config import TrainingConfig
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ("constant", [1.0, 1.0, 1.0, 1.0, 1.0]),
+    ("linear", [1.0, 0.75, 0.5, 0.25, 0.0]),
+    ("cosine", [1.0, 0.8535534, 0.5, 0.1464466, 0.0]),
+])
+def test_schedules(schedule, expected):
+    training = TrainingConfig(learning_rate=1.0, lr_schedule=schedule)
+    assert [training.learning_rate_at(x / 4) for x in range(5)] == pytest.approx(expected)
+
+
+def test_warm_up_and_floor():
+    training = TrainingConfig(learning_rate=2.0, lr_schedule="linear", warmup_fraction=0.5, final_lr_fraction=0.1)
+    assert [training.learning_rate_at(x) for x in (0.0, 0.25, 0.5, 1.0)] == pytest.approx([0.0, 1.0, 2.0, 0.2])
+
+
+def test_a_round_takes_its_share_of_the_schedule():
+    # Round 2 of 4 runs from progress 0.25 to 0.5: its first step at 0.75, its last just above 0.5.
+    steps = _Steps(target=10, training=TrainingConfig(learning_rate=1.0, lr_schedule="linear"), progress=(0.25, 0.5))
+    assert steps.learning_rate(0) == pytest.approx(0.75)
+    assert steps.learning_rate(9) == pytest.approx(0.525)
+
+
+def test_automatic_clipping_scales_every_per_sample_gradient_to_c_over_its_norm():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    x, y = torch.randn(6, 3) * torch.tensor([[0.01], [0.1], [1.0], [3.0], [10.0], [30.0]]), torch.randint(0, 2, (6,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=6)
+    hooks, optimizer, loader = PrivacyEngine(accountant="rdp").make_private(
+        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), data_loader=loader,
+        noise_multiplier=0.0, max_grad_norm=1.0, poisson_sampling=False, grad_sample_mode="hooks", wrap_model=False)
+    optimizer.__class__ = _ClippingOptimizer
+    optimizer.automatic, optimizer.norm_log = True, []
+
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    per_sample = torch.cat([p.grad_sample.reshape(6, -1) for p in model.parameters()], dim=1)
+    optimizer.step()
+    hooks.cleanup()
+
+    norms = per_sample.norm(dim=1)
+    expected = (per_sample * (1.0 / (norms + 0.01))[:, None]).mean(dim=0)
+    step = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(step, expected, rtol=1e-5, atol=1e-7)
+    assert torch.equal(optimizer.norm_log[0], norms.detach())
+    assert (norms < 1.0).any()  # small gradients were scaled up, which flat clipping never does
+
+
+def test_weight_average_warm_start():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    average = WeightAverage({"w": parameter}, decay=0.99)
+    for value in (1.0, 1.0):
+        parameter.data.fill_(value)
+        average.update()
+    # decays (1+t)/(10+t): 2/11 then 3/12; the average moves toward 1 far faster than 0.99 would.
+    first = 1 - 2 / 11
+    assert average.average["w"].item() == pytest.approx(first * 3 / 12 + (1 - 3 / 12))
+    average.copy_to_model()
+    assert parameter.item() == pytest.approx(average.average["w"].item())
