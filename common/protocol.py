@@ -178,7 +178,7 @@ class RoundMetrics:
     def to_json(self) -> dict:
         """The line as written: the fields, plus examples/epsilon/refused/rejected/failed for readers
         of the file that want them without summing; NaN and infinity as null."""
-        institutions = {name: {k: v for k, v in asdict(r).items()} for name, r in self.institutions.items()}
+        institutions = {name: asdict(r) for name, r in self.institutions.items()}
         reasons = {s: {n: self.institutions[n].reason for n in self.with_status(s)}
                    for s in (Status.REJECTED, Status.FAILED)}
         return json_safe({

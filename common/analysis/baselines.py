@@ -453,15 +453,15 @@ def _fit_predict_splice(model: Pipeline, train: GenomicDataset, test: GenomicDat
     labels = train.label_array()
     _check_training_labels(labels, train.task)
     rows, weights = _splice_fit_rows(labels, seed=seed)
-    train_windows = position_windows(_dataset_codes(train))[rows]
+    train_windows = position_windows(dataset_codes(train))[rows]
     model.fit(train_windows, labels[rows], logreg__sample_weight=weights)
-    test_windows = position_windows(_dataset_codes(test))
+    test_windows = position_windows(dataset_codes(test))
     # In chunks, so the sparse features of a large test set never exist all at once.
     return np.vstack([_probabilities(model, test_windows[i: i + chunk], train.task.num_classes)
                       for i in range(0, len(test_windows), chunk)])
 
 
-def _dataset_codes(dataset: GenomicDataset) -> list[np.ndarray]:
+def dataset_codes(dataset: GenomicDataset) -> list[np.ndarray]:
     """Base codes of every sequence, from the dataset's tokens (already validated)."""
     return [_CODE_OF_TOKEN[t.numpy()] for t in dataset.tokens]
 

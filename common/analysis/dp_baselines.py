@@ -29,7 +29,7 @@ from opacus import PrivacyEngine
 from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.analysis.baselines import N_CODE, SPLICE_LEFT, SPLICE_RIGHT, KmerSpectrum, _dataset_codes
+from common.analysis.baselines import N_CODE, SPLICE_LEFT, SPLICE_RIGHT, KmerSpectrum, dataset_codes
 from common.data.dataset import GenomicDataset
 from common.metrics import task_metrics
 from common.tasks import IGNORE_INDEX, get_task, task_loss
@@ -85,7 +85,7 @@ class WindowModel(nn.Module):
 
 
 def _padded_codes(dataset: GenomicDataset) -> tuple[torch.Tensor, torch.Tensor]:
-    codes = _dataset_codes(dataset)
+    codes = dataset_codes(dataset)
     width = max(len(c) for c in codes)
     padded = np.full((len(codes), width), N_CODE, dtype=np.int64)
     labels = np.full((len(codes), width), IGNORE_INDEX, dtype=np.int64)
