@@ -54,10 +54,7 @@ DEFAULT_VARIANTS = ("scratch/all",)
 
 
 def records_of(dataset: GenomicDataset) -> list[Record]:
-    per_position = dataset.task.per_position
-    return [Record(dataset.ids[i], dataset.sequences[i],
-                   dataset.labels[i].numpy() if per_position else int(dataset.labels[i]), dataset.species[i])
-            for i in range(len(dataset))]
+    return [dataset.record(i) for i in range(len(dataset))]
 
 
 def deal(datasets: dict[str, GenomicDataset], k: int, seed: int) -> list[dict[str, list[Record]]]:

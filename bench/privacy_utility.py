@@ -36,7 +36,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common.data.dataset import GenomicDataset, Record  # noqa: E402
+from common.data.dataset import GenomicDataset  # noqa: E402
 from common.tasks import get_task  # noqa: E402
 
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -120,8 +120,7 @@ def fmt(value: float | None) -> str:
 def pooled(datasets: list[GenomicDataset], *, max_len: int) -> GenomicDataset:
     """One dataset holding every record of ``datasets`` (same task), species kept per record."""
     task = datasets[0].task
-    records = [Record(d.ids[i], d.sequences[i], d.labels[i].numpy() if task.per_position else int(d.labels[i]),
-                      d.species[i]) for d in datasets for i in range(len(d))]
+    records = [d.record(i) for d in datasets for i in range(len(d))]
     return GenomicDataset(records, task=task.name, source="pooled", max_len=max_len)
 
 

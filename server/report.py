@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from common.analysis.baselines import run_baseline  # noqa: E402
 from common.analysis.dp_baselines import DPSettings, run_dp_baseline  # noqa: E402
 from common.config import FederationConfig  # noqa: E402
-from common.data.dataset import GenomicDataset, Record  # noqa: E402
+from common.data.dataset import GenomicDataset  # noqa: E402
 from common.protocol import RoundMetrics, Status  # noqa: E402
 from common.tasks import get_task  # noqa: E402
 
@@ -32,8 +32,7 @@ PLOTS_DIR = "plots"
 
 
 def _subset(dataset: GenomicDataset, rows: list[int]) -> GenomicDataset:
-    records = [Record(dataset.ids[i], dataset.sequences[i], dataset.labels[i].numpy() if dataset.task.per_position
-                      else int(dataset.labels[i]), dataset.species[i]) for i in rows]
+    records = [dataset.record(i) for i in rows]
     return GenomicDataset(records, task=dataset.task.name, source=dataset.source)
 
 

@@ -530,3 +530,15 @@ def test_genomic_benchmarks_unknown_base_names_file_and_line(tmp_path: Path) -> 
     with pytest.raises(BadSequenceError, match=at(bad, 2) + r" \(record 'positive/1'\): unknown base 'J' at "
                                                             "sequence position 7"):
         load_dataset(tmp_path, task="enhancer")
+
+
+def test_a_dataset_gives_back_each_record_as_given():
+    import numpy as np
+
+    sequence_task = GenomicDataset([Record("a", "ACGT", 1, "human")], task="promoter")
+    position_task = GenomicDataset([Record("b", "ACG", np.array([0, 1, 2]), "mouse")], task="splice")
+
+    assert sequence_task.record(0) == Record("a", "ACGT", 1, "human")
+    again = position_task.record(0)
+    assert (again.id, again.sequence, again.species) == ("b", "ACG", "mouse")
+    assert again.label.tolist() == [0, 1, 2]

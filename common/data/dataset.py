@@ -71,6 +71,11 @@ class GenomicDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.tokens[i], self.labels[i]
 
+    def record(self, i: int) -> Record:
+        """Record ``i`` as it was given (a per-position label as its array of class codes)."""
+        label = self.labels[i].numpy() if self.task.per_position else int(self.labels[i])
+        return Record(self.ids[i], self.sequences[i], label, self.species[i])
+
     def label_array(self) -> np.ndarray:
         """Sequence-task labels as one array (per-position tasks: concatenated real-base labels)."""
         return torch.cat([lab.reshape(-1) for lab in self.labels]).numpy()
