@@ -21,6 +21,7 @@ from server.ops.processes import free_port
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 MARKER = "HELIXFED_TEST_PROCESS"
+ROGUE = "rogue-lab"  # has a key pair, but the federation does not enrol it
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -68,7 +69,7 @@ def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("deployment")
     synth_from_config(TINY, root / "data")
     subprocess.run([sys.executable, "-m", "common.cli", "certs", "--out", str(root / "certs"), "--server-name",
-                    "localhost", "--institutions", "oslo-uh,jackson-lab,ecoli-reference"], check=True, cwd=ROOT)
+                    "localhost", "--institutions", f"oslo-uh,jackson-lab,ecoli-reference,{ROGUE}"], check=True, cwd=ROOT)
     return root
 
 
@@ -114,53 +115,35 @@ def audit_events(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
 
 
-def test_two_agents_complete_two_rounds_and_an_unregistered_key_is_refused(site, tmp_path, processes):
-    out, port = tmp_path / "out", free_port()
-    write_institutions(site, tmp_path)
-    config = federation(site, out, enrolled=["oslo-uh", "jackson-lab"], rounds=2, available=2)
-    server = start_server(processes, site, config, port, tmp_path / "server.log")
-    agents = [start_agent(processes, site, n, port, tmp_path) for n in ("oslo-uh", "jackson-lab")]
-    rogue = start_agent(processes, site, "ecoli-reference", port, tmp_path, wait=0)
-
-    assert rogue.wait(timeout=120) != 0
-    assert "not registered" in (tmp_path / "ecoli-reference.log").read_text()
-    assert server.wait(timeout=400) == 0, (tmp_path / "server.log").read_text()[-3000:]
-
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [line["round"] for line in history] == [0, 1, 2]
-    assert set(history[-1]["institutions"]) == {"oslo-uh", "jackson-lab"}
-    assert (out / "final" / "weights.pt").is_file() and (out / "report.md").is_file()
-    events = audit_events(out)
-    kinds = [e["event"] for e in events]
-    assert kinds.count("institution_enrolled") == 2 and kinds.count("institution_connected") == 2
-    assert kinds.count("trained") == 4 and "checkpoint_written" in kinds and "run_finished" in kinds
-    assert all(e["institution"] != "ecoli-reference" for e in events if "institution" in e)
-    for agent in agents:
-        agent.send_signal(signal.SIGTERM)  # agents stop cleanly, taking their SuperNodes with them
-        assert agent.wait(timeout=30) is not None
-
-
-def test_an_agent_killed_mid_run_leaves_an_intact_ledger_and_continues_after_restart(site, tmp_path, processes):
+# One deployment, every check: a server start and each round cost a minute of CPU on 2 cores
+# (a process per message), so the refusal, the kill and the clean stop share one run.
+def test_a_deployed_run_refuses_an_unregistered_key_survives_a_killed_agent_and_stops_cleanly(
+        site, tmp_path, processes):
     out, port = tmp_path / "out", free_port()
     names = ["oslo-uh", "jackson-lab", "ecoli-reference"]
     write_institutions(site, tmp_path)
+    rogue_entry = yaml.safe_load((tmp_path / "ecoli-reference.yaml").read_text())
+    rogue_entry.update(name=ROGUE, state_dir=f"state/{ROGUE}")  # a key the server never enrolled
+    (tmp_path / f"{ROGUE}.yaml").write_text(yaml.safe_dump(rogue_entry))
     config = federation(site, out, enrolled=names, rounds=3, available=3)
     server = start_server(processes, site, config, port, tmp_path / "server.log")
-    for name in names:
-        start_agent(processes, site, name, port, tmp_path)
+    agents = {name: start_agent(processes, site, name, port, tmp_path) for name in names}
+    rogue = start_agent(processes, site, ROGUE, port, tmp_path, wait=0)
+    assert rogue.wait(timeout=120) != 0
+    assert "not registered" in (tmp_path / f"{ROGUE}.log").read_text()
+
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 240
     while not metrics.exists() or len(metrics.read_text().splitlines()) < 2:  # round 1 done
         assert time.monotonic() < deadline and server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
         time.sleep(0.5)
-
     processes.kill("ecoli-reference")  # the machine dies: agent, SuperNode and app, all at once
     state = tmp_path / "state" / "ecoli-reference"
     ledger = PrivacyLedger.load(state)  # intact, not corrupt
     spent = ledger.epsilon()
     assert len(ledger.rounds) in (1, 2) and spent > 0
     time.sleep(2)
-    start_agent(processes, site, "ecoli-reference", port, tmp_path)
+    agents["ecoli-reference"] = start_agent(processes, site, "ecoli-reference", port, tmp_path)
 
     assert server.wait(timeout=500) == 0, (tmp_path / "server.log").read_text()[-3000:]
     history = [json.loads(line) for line in metrics.read_text().splitlines()]
@@ -171,3 +154,16 @@ def test_an_agent_killed_mid_run_leaves_an_intact_ledger_and_continues_after_res
         [r.round for r in ledger.rounds]  # the restarted agent went on from its ledger
     assert history[-1]["institutions"]["ecoli-reference"]["status"] == "trained"
     assert history[-1]["epsilon"]["ecoli-reference"] == pytest.approx(after.epsilon(), rel=1e-9)
+    assert set(history[-1]["institutions"]) == set(names)
+    assert (out / "final" / "weights.pt").is_file() and (out / "report.md").is_file()
+
+    events = audit_events(out)
+    kinds = [e["event"] for e in events]
+    assert kinds.count("institution_enrolled") == 3 and kinds.count("institution_connected") >= 3
+    trained = [e["institution"] for e in events if e["event"] == "trained"]
+    assert trained.count("oslo-uh") == 3 and 2 <= trained.count("ecoli-reference") <= len(after.rounds)
+    assert "checkpoint_written" in kinds and "run_finished" in kinds
+    assert all(e["institution"] != ROGUE for e in events if "institution" in e)
+    for agent in agents.values():
+        agent.send_signal(signal.SIGTERM)  # agents stop cleanly, taking their SuperNodes with them
+        assert agent.wait(timeout=30) is not None

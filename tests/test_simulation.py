@@ -55,20 +55,28 @@ def prepared_out(tmp_path: Path, tiny_data: Path) -> Path:
     return out
 
 
-def test_two_rounds_end_to_end(tmp_path, tiny_data):
+# One federation, two runs: round 1, then a resume to round 2, which must end exactly as an
+# uninterrupted two-round run would be checked (each simulation costs a minute or more on 2 cores).
+def test_two_rounds_end_to_end_with_a_resume_that_keeps_round_one(tmp_path, tiny_data):
     out = prepared_out(tmp_path, tiny_data)
-    history = simulate(TINY, out_dir=out, rounds=2, timeout=500)
+    first = simulate(TINY, out_dir=out, rounds=1, timeout=500)
+    assert [line.round for line in first] == [0, 1]
+    assert flower_processes_under(out) == []
+
+    history = simulate(TINY, out_dir=out, rounds=2, resume=True, timeout=500)
 
     assert [line.round for line in history] == [0, 1, 2]
+    assert history[:2] == first  # rounds 0 and 1 exactly as they were
     assert read_metrics(out) == [line.to_json() for line in history]
     last = history[-1]
     assert set(last.central) == {"promoter", "splice", "coding", "enhancer"}
     assert "human" in last.central["promoter"]["species"]
     assert set(last.institutions) == INSTITUTIONS
-    for name in INSTITUTIONS:  # what the server reports is what each institution's ledger says
+    for name in INSTITUTIONS:  # the ledgers went on from round 1, and the server reports what they say
         ledger = PrivacyLedger.load(out / "state" / name)
+        assert [r.round for r in ledger.rounds] == [1, 2]
         assert last.epsilon[name] == pytest.approx(ledger.epsilon(), rel=1e-9)
-        assert len(ledger.rounds) == 2 and ledger.epsilon() <= ledger.budget_epsilon
+        assert ledger.epsilon() <= ledger.budget_epsilon
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["round-0001", "round-0002"]
     model, checkpoint = load_model(out / "final")  # loadable by common alone
     assert checkpoint.round == 2 and model.tasks == ("promoter", "splice", "coding", "enhancer")
@@ -76,25 +84,7 @@ def test_two_rounds_end_to_end(tmp_path, tiny_data):
     assert "| promoter | human | mcc |" in report and "| oslo-uh | human | 2 |" in report
     assert {p.name for p in (out / "plots").iterdir()} >= {"promoter.png", "splice.png", "epsilon.png"}
     events = [json.loads(line)["event"] for line in (out / "audit.jsonl").read_text().splitlines()]
-    assert events.count("trained") == 6 and "run_finished" in events
-    assert flower_processes_under(out) == []
-
-
-def test_resume_after_round_one_keeps_round_one(tmp_path, tiny_data):
-    out = prepared_out(tmp_path, tiny_data)
-    first = simulate(TINY, out_dir=out, rounds=1, timeout=500)
-    assert [line.round for line in first] == [0, 1]
-
-    resumed = simulate(TINY, out_dir=out, rounds=2, resume=True, timeout=500)
-
-    assert [line.round for line in resumed] == [0, 1, 2]
-    assert resumed[:2] == first  # rounds 0 and 1 exactly as they were
-    for name in INSTITUTIONS:  # the ledgers went on from round 1, not from zero
-        ledger = PrivacyLedger.load(out / "state" / name)
-        assert [r.round for r in ledger.rounds] == [1, 2]
-        assert resumed[-1].epsilon[name] == pytest.approx(ledger.epsilon(), rel=1e-9)
-    events = [json.loads(line)["event"] for line in (out / "audit.jsonl").read_text().splitlines()]
-    assert "resumed" in events
+    assert events.count("trained") == 6 and "resumed" in events and "run_finished" in events
     assert flower_processes_under(out) == []
 
 
