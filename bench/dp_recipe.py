@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -136,6 +137,8 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
     parser.add_argument("--max-train", type=int, default=None, help="cap each task's training records")
     parser.add_argument("--local-epochs", type=float, default=None, help="override training.local_epochs")
+    parser.add_argument("--model", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override model settings of --config, e.g. kmer_linear=4")
     parser.add_argument("--skip-centralized", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -144,6 +147,9 @@ def main() -> int:
     if args.local_epochs:
         config = config.model_copy(update={"training": config.training.model_copy(
             update={"local_epochs": args.local_epochs})})
+    if args.model:
+        overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.model)}
+        config = config.model_copy(update={"model": type(config.model).from_dict({**config.model.to_dict(), **overrides})})
     max_len = config.model.max_len
     train = {t: load_dataset(args.data / t, task=t, split="train", max_len=max_len) for t in args.tasks}
     if args.max_train:
@@ -176,7 +182,7 @@ def main() -> int:
     print(text)
     if args.out:
         header = (f"# dp_recipe: {args.data}\n\n`{' '.join(sys.argv[1:])}`\n\n{args.institutions} institutions, "
-                  f"{args.rounds} rounds, config {args.config.name}; train {[len(d) for d in train.values()]}, "
+                  f"{args.rounds} rounds, config {args.config.name} {' '.join(args.model)}; train {[len(d) for d in train.values()]}, "
                   f"test {[len(d) for d in test.values()]}; {time.monotonic() - started:.0f} s\n\n")
         args.out.write_text(header + text + "\n")
     return 0

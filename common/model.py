@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from pydantic import ConfigDict
 
 from common.finetuning import add_lora, trainable_names
+from common.kmer_paths import MAX_KMER, SequenceKmerPath, WindowKmerPath
 from common.tasks import TASK_NAMES, get_task
 from common.tokenizer import PAD_ID, VOCAB_SIZE
 
@@ -46,6 +47,7 @@ class ModelConfig:
     motif_kernel: int = 0  # > 0: a convolution of this width over bases before attention (k-mer features)
     lora_rank: int = 0  # > 0: low-rank adapters on the blocks' linear layers (training.trainable: lora)
     lora_alpha: float = 16.0  # adapter scale alpha / rank
+    kmer_linear: int = 0  # > 0: each head adds a linear model on k-mers of lengths 1..k (common/kmer_paths.py)
 
     # Read by pydantic when this dataclass sits inside a config file's schema: no unknown keys.
     __pydantic_config__ = ConfigDict(extra="forbid")
@@ -68,6 +70,8 @@ class ModelConfig:
         if self.lora_rank < 0 or not self.lora_alpha > 0:
             raise ModelConfigError(f"model.lora_rank/lora_alpha: expected rank >= 0 and alpha > 0, got "
                                    f"{self.lora_rank!r}/{self.lora_alpha!r}")
+        if not 0 <= self.kmer_linear <= MAX_KMER or isinstance(self.kmer_linear, bool):
+            raise ModelConfigError(f"model.kmer_linear: expected 0 (off) or 1..{MAX_KMER}, got {self.kmer_linear!r}")
         if self.epigenetic_tracks < 0:
             raise ModelConfigError(f"model.epigenetic_tracks: expected >= 0, got {self.epigenetic_tracks!r}")
 
@@ -233,28 +237,33 @@ class CodonMixer(nn.Module):
 
 
 class SequenceHead(nn.Module):
-    """Masked mean over real bases -> MLP -> class logits [B, C]."""
+    """Masked mean over real bases -> MLP -> class logits [B, C]; plus the k-mer path's logits
+    when the model has one (``model.kmer_linear``)."""
 
-    def __init__(self, d_model: int, num_classes: int, dropout: float):
+    def __init__(self, d_model: int, num_classes: int, dropout: float, kmer_linear: int = 0):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(d_model, d_model // 2), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(d_model // 2, num_classes))
+        self.kmers = SequenceKmerPath(kmer_linear, num_classes) if kmer_linear else None
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        weights = mask.unsqueeze(-1).to(x.dtype)  # [B, L, 1]
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        weights = (tokens != PAD_ID).unsqueeze(-1).to(x.dtype)  # [B, L, 1]
         pooled = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # [B, D]
-        return self.mlp(pooled)
+        logits = self.mlp(pooled)
+        return logits if self.kmers is None else logits + self.kmers(tokens)
 
 
 class PositionHead(nn.Module):
-    """Per-base MLP -> class logits [B, L, C]."""
+    """Per-base MLP -> class logits [B, L, C]; plus the window k-mer path's when the model has one."""
 
-    def __init__(self, d_model: int, num_classes: int):
+    def __init__(self, d_model: int, num_classes: int, kmer_linear: int = 0):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(d_model, d_model // 2), nn.GELU(), nn.Linear(d_model // 2, num_classes))
+        self.kmers = WindowKmerPath(num_classes) if kmer_linear else None
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.mlp(x)
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        logits = self.mlp(x)
+        return logits if self.kmers is None else logits + self.kmers(tokens)
 
 
 class GenomicTransformer(nn.Module):
@@ -278,8 +287,8 @@ class GenomicTransformer(nn.Module):
     def _make_head(self, task: str) -> nn.Module:
         spec, cfg = get_task(task), self.config
         if spec.per_position:
-            return PositionHead(cfg.d_model, spec.num_classes)
-        return SequenceHead(cfg.d_model, spec.num_classes, cfg.dropout)
+            return PositionHead(cfg.d_model, spec.num_classes, cfg.kmer_linear)
+        return SequenceHead(cfg.d_model, spec.num_classes, cfg.dropout, cfg.kmer_linear)
 
     def encode(self, tokens: torch.Tensor, tracks: torch.Tensor | None = None) -> torch.Tensor:
         """The backbone alone: ``tokens [B, L]`` -> the final-normed per-base representation
@@ -309,7 +318,7 @@ class GenomicTransformer(nn.Module):
         if task not in self.heads:
             raise ValueError(f"task {task!r} has no head in this model; heads: {', '.join(self.tasks)}")
         x, attentions = self._backbone(tokens, tracks, return_attention)  # [B, L, D]
-        logits = self.heads[task](x, tokens != PAD_ID)
+        logits = self.heads[task](x, tokens)
         return ModelOutput(logits, tuple(attentions) if return_attention else None)
 
     def num_parameters(self) -> int:

@@ -19,6 +19,10 @@ class TaskSpec:
     label_names: tuple[str, ...]
     headline_metric: str
     description: str
+    # Fixed loss weight per class, or None for plain cross-entropy. Splice sites are ~0.5 % of bases:
+    # weighed like a "neither" base, their share of a clipped, noised per-record DP gradient vanishes.
+    # Fixed in advance, not fitted to the data (fitting would spend privacy).
+    class_weights: tuple[float, ...] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -33,7 +37,8 @@ TASKS: dict[str, TaskSpec] = {
     "promoter": TaskSpec("promoter", "sequence", ("non-promoter", "promoter"), "mcc",
                          "is there a transcription start site with its core promoter in the window"),
     "splice": TaskSpec("splice", "position", ("neither", "donor", "acceptor"), "pr_auc_mean",
-                       "per base: last exon base before a donor GT, or last intron base of an acceptor AG"),
+                       "per base: last exon base before a donor GT, or last intron base of an acceptor AG",
+                       class_weights=(1.0, 50.0, 50.0)),
     "coding": TaskSpec("coding", "sequence", ("non-coding", "coding"), "mcc",
                        "does the window hold an open reading frame with the species' codon usage"),
     "enhancer": TaskSpec("enhancer", "sequence", ("non-enhancer", "enhancer"), "mcc",
@@ -54,14 +59,18 @@ def task_loss(task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     """Mean loss over the batch, in the per-sample form DP-SGD needs.
 
     Sequence tasks: cross-entropy per sequence, mean over the batch.
+    Both with the task's fixed ``class_weights`` where it has them (splice).
     Per-position tasks: cross-entropy averaged over each sequence's labelled bases (labels equal to
     ``IGNORE_INDEX`` are padding), then over the batch — so every sequence weighs the same whatever
     its length or the batch's token count (Opacus' ``loss_reduction="mean"`` assumes exactly this).
     """
-    if not get_task(task).per_position:
-        return F.cross_entropy(logits, labels)
+    spec = get_task(task)
+    weight = None if spec.class_weights is None else logits.new_tensor(spec.class_weights)
+    if not spec.per_position:
+        return F.cross_entropy(logits, labels, weight=weight)
     # logits [B, L, C], labels [B, L]
-    per_base = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    per_base = F.cross_entropy(logits.transpose(1, 2), labels, weight=weight, ignore_index=IGNORE_INDEX,
+                               reduction="none")
     valid = (labels != IGNORE_INDEX).to(per_base.dtype)  # [B, L]
     per_sequence = (per_base * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1.0)  # [B]
     return per_sequence.mean()

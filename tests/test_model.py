@@ -11,12 +11,18 @@ from common.tokenizer import PAD_ID
 
 OPTIONS = {"plain": {}, "codon_phase": {"codon_phase": True}, "hierarchical": {"hierarchical": True},
            "multimodal": {"epigenetic_tracks": 3}, "motif_stem": {"motif_kernel": 5},
-           "all": {"codon_phase": True, "hierarchical": True, "epigenetic_tracks": 2, "motif_kernel": 3}}
+           "kmer_linear": {"kmer_linear": 3},
+           "all": {"codon_phase": True, "hierarchical": True, "epigenetic_tracks": 2, "motif_kernel": 3,
+                   "kmer_linear": 2}}
 
 
 def make(tiny_config, **options):
     torch.manual_seed(0)
-    return GenomicTransformer(ModelConfig(**{**tiny_config.to_dict(), **options}))
+    model = GenomicTransformer(ModelConfig(**{**tiny_config.to_dict(), **options}))
+    for name, p in model.named_parameters():
+        if ".kmers." in name:  # k-mer paths start at zero: give them weight, or the checks below see nothing
+            torch.nn.init.normal_(p, std=0.1)
+    return model
 
 
 def random_batch(batch=4, length=30, seed=0, pad_from=None):
@@ -165,7 +171,8 @@ def test_tracks_required_by_multimodal_model(tiny_config):
 @pytest.mark.parametrize("field, value, message", [
     ("d_model", 30, "not divisible by model.n_heads"), ("n_layers", 0, "model.n_layers: expected a positive"),
     ("dropout", 1.0, "model.dropout"), ("max_len", -1, "model.max_len"), ("n_heads", 0, "model.n_heads"),
-    ("vocab_size", True, "model.vocab_size")])
+    ("vocab_size", True, "model.vocab_size"), ("kmer_linear", 7, "model.kmer_linear"),
+    ("kmer_linear", -1, "model.kmer_linear")])
 def test_bad_model_config(field, value, message):
     with pytest.raises(ModelConfigError, match=message):
         ModelConfig(**{"d_model": 32, "n_heads": 4, field: value})

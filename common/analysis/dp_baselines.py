@@ -24,13 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from opacus import PrivacyEngine
 from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.analysis.baselines import N_CODE, SPLICE_LEFT, SPLICE_RIGHT, KmerSpectrum, dataset_codes
 from common.data.dataset import GenomicDataset
+from common.kmer_paths import WindowKmerPath
 from common.metrics import task_metrics
 from common.tasks import IGNORE_INDEX, get_task, task_loss
 
@@ -41,9 +41,6 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing", catego
 
 DP_KMER = "dp_kmer"
 DP_KMER_K = 4  # 340 features: fewer noisy coordinates than k = 5's 1,364
-# Splice sites are ~0.5 % of bases: weighed like a "neither" base, their share of a clipped, noised
-# per-record gradient would vanish. A fixed weight (not one fitted to the data) keeps them visible.
-SITE_WEIGHT = 50.0
 
 
 @dataclass(frozen=True)
@@ -66,24 +63,6 @@ def enrichment_features(sequences: list[str], *, k: int) -> np.ndarray:
     return (frequencies * scale - 1.0).astype(np.float32)
 
 
-class WindowModel(nn.Module):
-    """Per-base logits from the one-hot mono- and dinucleotides of a window around the base."""
-
-    def __init__(self, num_classes: int, left: int = SPLICE_LEFT, right: int = SPLICE_RIGHT):
-        super().__init__()
-        self.left, self.right = left, right
-        self.conv = nn.Conv1d(4 + 16, num_classes, kernel_size=left + 1 + right)
-
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:  # codes [B, L] int, N = 4
-        mono = F.one_hot(codes.clamp(max=N_CODE), N_CODE + 1)[..., :N_CODE].float()  # [B, L, 4]
-        nxt = torch.cat([codes[:, 1:], torch.full_like(codes[:, :1], N_CODE)], dim=1)
-        pair = torch.where((codes < N_CODE) & (nxt < N_CODE), codes * 4 + nxt, torch.full_like(codes, 16))
-        di = F.one_hot(pair, 17)[..., :16].float()  # [B, L, 16]
-        x = torch.cat([mono, di], dim=-1).transpose(1, 2)  # [B, 20, L]
-        x = F.pad(x, (self.left, self.right))  # past the ends: no base
-        return self.conv(x).transpose(1, 2)  # [B, L, C]
-
-
 def _padded_codes(dataset: GenomicDataset) -> tuple[torch.Tensor, torch.Tensor]:
     codes = dataset_codes(dataset)
     width = max(len(c) for c in codes)
@@ -104,7 +83,19 @@ def _tensors(dataset: GenomicDataset, k: int) -> tuple[torch.Tensor, torch.Tenso
 
 def _model(dataset: GenomicDataset, n_features: int) -> nn.Module:
     spec = dataset.task
-    return WindowModel(spec.num_classes) if spec.per_position else nn.Linear(n_features, spec.num_classes)
+    if spec.per_position:  # the same window model as the transformer's per-position k-mer path
+        return _CodesWindow(spec.num_classes)
+    return nn.Linear(n_features, spec.num_classes)
+
+
+class _CodesWindow(WindowKmerPath):
+    """The window path on base codes (the baseline's inputs), initialised as any Conv1d."""
+
+    def __init__(self, num_classes: int):
+        super().__init__(num_classes, SPLICE_LEFT, SPLICE_RIGHT, zero_init=False)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.from_codes(codes)
 
 
 def noise_multiplier_for(settings: DPSettings, *, records: int) -> float:
@@ -134,22 +125,11 @@ def train_dp_baseline(train: GenomicDataset, settings: DPSettings) -> tuple[nn.M
         for features, labels in loader:
             optimizer.zero_grad(set_to_none=True)
             logits = model(features)
-            loss = _loss(task, logits, labels) if len(labels) else logits.sum() * 0.0
+            loss = task_loss(task, logits, labels)  # splice: sites weighted (TaskSpec.class_weights) if len(labels) else logits.sum() * 0.0
             loss.backward()
             optimizer.step()
             schedule.step()
     return model, float(engine.get_epsilon(settings.delta))
-
-
-def _loss(task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if not get_task(task).per_position:
-        return task_loss(task, logits, labels)
-    weight = torch.full((logits.shape[-1],), SITE_WEIGHT)
-    weight[0] = 1.0  # class 0 is "neither"
-    per_base = F.cross_entropy(logits.transpose(1, 2), labels, weight=weight, ignore_index=IGNORE_INDEX,
-                               reduction="none")  # [B, L]
-    valid = (labels != IGNORE_INDEX).to(per_base.dtype)
-    return ((per_base * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1.0)).mean()  # per record, as Opacus expects
 
 
 @torch.no_grad()

@@ -1,0 +1,104 @@
+"""Linear k-mer paths: the classic genomic features inside the model, beside each task head.
+
+Under DP-SGD every trained coordinate pays for noise, and with a few thousand records per site a
+linear model on hand-made features beats end-to-end training (Tramèr & Boneh 2021; here the DP
+k-mer baseline beat the federated transformer, bench/results/dp_recipe.md). ``model.kmer_linear: k``
+gives every head a "wide" linear path on those features, added to the transformer's ("deep")
+logits, so the model starts where the k-mer baseline ends and the backbone learns the rest:
+
+* sequence tasks: k-mer frequencies of lengths 1..k as enrichment over a uniform background
+  (``f·4^j − 1``), the DP k-mer baseline's features (``4 + 16 + … + 4^k`` inputs);
+* per-position tasks: a convolution over the one-hot mono- and dinucleotides of a window around
+  each base (a weighted-degree model with k ≤ 2, the DP splice baseline).
+
+Both are computed from the tokens inside ``forward`` (no parameters, nothing to ship) and feed only
+nn.Linear / nn.Conv1d, which Opacus has per-sample gradient samplers for. Their weights start at
+zero, so a fresh path changes nothing until training moves it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common.tokenizer import A_ID, C_ID, G_ID, T_ID, VOCAB_SIZE
+
+MAX_KMER = 6
+N_CODE = 4  # bases are coded A0 C1 G2 T3; N, padding, mask and cls are 4 (no base)
+WINDOW_LEFT = 25  # bases before a position that its per-position path sees (the splice baseline's)
+WINDOW_RIGHT = 10
+
+
+def _base_codes(tokens: torch.Tensor) -> torch.Tensor:
+    table = torch.full((VOCAB_SIZE,), N_CODE, dtype=torch.long, device=tokens.device)
+    table[torch.tensor([A_ID, C_ID, G_ID, T_ID], device=tokens.device)] = torch.arange(4, device=tokens.device)
+    return table[tokens]  # [B, L]
+
+
+def kmer_enrichment(tokens: torch.Tensor, k: int) -> torch.Tensor:
+    """``tokens [B, L]`` -> ``[B, 4 + … + 4^k]`` k-mer frequencies of lengths 1..k, each length's
+    block as enrichment over uniform (``f·4^j − 1``). A k-mer holding a non-base (N, padding, mask)
+    is counted nowhere; a sequence with no k-mer of some length gets −1 there."""
+    codes = _base_codes(tokens)
+    is_base = codes < N_CODE
+    digit = torch.where(is_base, codes, torch.zeros_like(codes))
+    index, valid = digit, is_base
+    blocks = []
+    for j in range(1, k + 1):
+        if j > 1:  # extend each (j-1)-mer by the base after it
+            index = index[:, :-1] * 4 + digit[:, j - 1:]
+            valid = valid[:, :-1] & is_base[:, j - 1:]
+        counts = torch.zeros(tokens.shape[0], 4 ** j, device=tokens.device)
+        if index.shape[1]:
+            counts.scatter_add_(1, index, valid.to(counts.dtype))
+        frequency = counts / counts.sum(dim=1, keepdim=True).clamp(min=1.0)
+        blocks.append(frequency * 4.0 ** j - 1.0)
+    return torch.cat(blocks, dim=1)
+
+
+def kmer_feature_count(k: int) -> int:
+    return sum(4 ** j for j in range(1, k + 1))
+
+
+class SequenceKmerPath(nn.Module):
+    """Class logits ``[B, C]`` from a linear model on the record's k-mer enrichment."""
+
+    def __init__(self, k: int, num_classes: int):
+        super().__init__()
+        if not 1 <= k <= MAX_KMER:
+            raise ValueError(f"k-mer path: expected 1 <= k <= {MAX_KMER}, got {k}")
+        self.k = k
+        self.linear = nn.Linear(kmer_feature_count(k), num_classes)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.linear(kmer_enrichment(tokens, self.k))
+
+
+class WindowKmerPath(nn.Module):
+    """Per-base logits ``[B, L, C]`` from the one-hot mono- and dinucleotides of a window around
+    each base (``left`` before, ``right`` after); past the ends and at non-bases: no base."""
+
+    def __init__(self, num_classes: int, left: int = WINDOW_LEFT, right: int = WINDOW_RIGHT, *,
+                 zero_init: bool = True):
+        super().__init__()
+        self.left, self.right = left, right
+        self.conv = nn.Conv1d(4 + 16, num_classes, kernel_size=left + 1 + right)
+        if zero_init:
+            nn.init.zeros_(self.conv.weight)
+            nn.init.zeros_(self.conv.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.from_codes(_base_codes(tokens))
+
+    def from_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """The same from base codes (A0 C1 G2 T3, anything else 4) ``[B, L]``."""
+        codes = codes.clamp(max=N_CODE)
+        mono = F.one_hot(codes, N_CODE + 1)[..., :N_CODE].float()  # [B, L, 4]
+        after = torch.cat([codes[:, 1:], torch.full_like(codes[:, :1], N_CODE)], dim=1)
+        pair = torch.where((codes < N_CODE) & (after < N_CODE), codes * 4 + after, torch.full_like(codes, 16))
+        di = F.one_hot(pair, 17)[..., :16].float()  # [B, L, 16]
+        x = F.pad(torch.cat([mono, di], dim=-1).transpose(1, 2), (self.left, self.right))  # [B, 20, L + w - 1]
+        return self.conv(x).transpose(1, 2)  # [B, L, C]
