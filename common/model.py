@@ -1,7 +1,7 @@
 """The genomic transformer: one backbone, one head per task.
 
 Reads top to bottom: config, positions, embedding, motif stem, attention, block, codon mixer,
-heads, model.
+heads (each with an optional linear k-mer path, common/kmer_paths.py), model.
 Every module with parameters is built from layers Opacus has per-sample gradient samplers for
 (nn.Linear, nn.Embedding, nn.LayerNorm, nn.Conv1d), so the model passes
 ``ModuleValidator.validate(model, strict=True)`` in every configuration and trains under DP-SGD.
