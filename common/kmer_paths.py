@@ -26,7 +26,10 @@ from common.tokenizer import A_ID, C_ID, G_ID, T_ID, VOCAB_SIZE
 
 MAX_KMER = 6
 N_CODE = 4  # bases are coded A0 C1 G2 T3; N, padding, mask and cls are 4 (no base)
-WINDOW_LEFT = 25  # bases before a position that its per-position path sees (the splice baseline's)
+# A per-position window reaches 25 bases upstream of a base (the acceptor matrix's 24 bases before
+# its anchor, plus one) and 10 downstream (the donor's 6 after its anchor, plus a margin): both splice
+# signals fit at every base. The splice baselines use the same reach.
+WINDOW_LEFT = 25
 WINDOW_RIGHT = 10
 
 

@@ -43,3 +43,14 @@ def test_features_are_fixed_in_advance():
     assert together.shape == (3, 4 + 16 + 64)
     # A sequence of one repeated base: A's enrichment is 4 x its frequency (1.0) minus 1.
     assert enrichment_features(["AAAAAAAA"], k=1)[0].tolist() == [3.0, -1.0, -1.0, -1.0]
+
+
+@pytest.mark.parametrize("task", ["promoter", "splice"])
+def test_empty_poisson_batches_leave_the_model_finite(task):
+    import torch
+
+    from common.analysis.dp_baselines import train_dp_baseline
+
+    train = synthetic(task, 60, 2)  # expected batch 1 of 60: about a third of the 60 steps are empty
+    model, epsilon = train_dp_baseline(train, DPSettings(epsilon=8.0, epochs=1, batch_size=1))
+    assert all(torch.isfinite(p).all() for p in model.parameters()) and epsilon <= 8.0 + 1e-6

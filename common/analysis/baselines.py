@@ -27,6 +27,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from common.data.dataset import GenomicDataset
+from common.kmer_paths import N_CODE, WINDOW_LEFT, WINDOW_RIGHT
 from common.metrics import task_metrics
 from common.synthetic import reference
 from common.tasks import TASK_NAMES, TaskSpec, get_task
@@ -41,17 +42,14 @@ MAX_K = 6
 DEFAULT_K = 5
 SPLICE_DEFAULT_K = 3  # per base: 2,880 features; 6 would give 150,000 with little gain, 3x slower
 
-N_CODE = 4  # bases are coded A0 C1 G2 T3; N (and padding) is 4
 _CODE_OF_TOKEN = np.array([N_CODE, 0, 1, 2, 3, N_CODE, N_CODE, N_CODE], dtype=np.int8)  # by token id
 
 # Where the labelled base sits in each splice matrix: the last exon base of a donor, the last
 # intron base (the G of AG) of an acceptor.
 DONOR_ANCHOR = reference.DONOR_EXON_BASES - 1
 ACCEPTOR_ANCHOR = reference.ACCEPTOR_INTRON_BASES - 1
-# Splice windows reach 25 bases upstream of a base (the acceptor matrix's 24 bases before its anchor,
-# plus one) and 10 downstream (the donor's 6 after its anchor, plus a margin): both fit at every base.
-SPLICE_LEFT = 25
-SPLICE_RIGHT = 10
+# Splice windows: the same reach as the model's per-position k-mer path (common/kmer_paths.py).
+SPLICE_LEFT, SPLICE_RIGHT = WINDOW_LEFT, WINDOW_RIGHT
 NEITHER_PER_SITE = 5  # "neither" bases kept per true site when fitting the splice models
 
 

@@ -28,7 +28,7 @@ from opacus import PrivacyEngine
 from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.analysis.baselines import N_CODE, SPLICE_LEFT, SPLICE_RIGHT, KmerSpectrum, dataset_codes
+from common.analysis.baselines import N_CODE, KmerSpectrum, dataset_codes
 from common.data.dataset import GenomicDataset
 from common.kmer_paths import WindowKmerPath
 from common.metrics import task_metrics
@@ -92,7 +92,7 @@ class _CodesWindow(WindowKmerPath):
     """The window path on base codes (the baseline's inputs), initialised as any Conv1d."""
 
     def __init__(self, num_classes: int):
-        super().__init__(num_classes, SPLICE_LEFT, SPLICE_RIGHT, zero_init=False)
+        super().__init__(num_classes, zero_init=False)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         return self.from_codes(codes)
@@ -125,7 +125,8 @@ def train_dp_baseline(train: GenomicDataset, settings: DPSettings) -> tuple[nn.M
         for features, labels in loader:
             optimizer.zero_grad(set_to_none=True)
             logits = model(features)
-            loss = task_loss(task, logits, labels)  # splice: sites weighted (TaskSpec.class_weights) if len(labels) else logits.sum() * 0.0
+            # An empty Poisson batch has no loss to average; splice weighs its sites (TaskSpec.class_weights).
+            loss = task_loss(task, logits, labels) if len(labels) else logits.sum() * 0.0
             loss.backward()
             optimizer.step()
             schedule.step()
