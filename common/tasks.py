@@ -66,8 +66,8 @@ def task_loss(task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     """
     spec = get_task(task)
     weight = None if spec.class_weights is None else logits.new_tensor(spec.class_weights)
-    if not spec.per_position:
-        return F.cross_entropy(logits, labels, weight=weight)
+    if not spec.per_position:  # weighted "mean" would divide by the weights' sum, not by the batch
+        return F.cross_entropy(logits, labels, weight=weight, reduction="none").mean()
     # logits [B, L, C], labels [B, L]
     per_base = F.cross_entropy(logits.transpose(1, 2), labels, weight=weight, ignore_index=IGNORE_INDEX,
                                reduction="none")
