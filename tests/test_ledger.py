@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import dp_accounting
@@ -79,6 +80,20 @@ def test_prv_golden_epsilon_is_the_upper_bound():
     assert epsilon == pytest.approx(1.8384, abs=1e-3)
     assert epsilon >= 1.8282
 
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.3, 8.0), st.floats(1e-4, 1.0), st.integers(1, 5000)), min_size=1, max_size=10),
+       st.sampled_from([1e-5, 1e-3, 0.3]))
+def test_rdp_epsilon_is_bit_identical_to_opacus_accountant(history, delta):
+    # The ledger caches each (σ, q)'s one-step RDP; the result must be Opacus' own, to the last bit.
+    opacus = RDPAccountant()
+    opacus.history = list(history)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = max(float(opacus.get_epsilon(delta=delta)), 0.0)
+
+    assert compute_epsilon(history=history, delta=delta, accountant="rdp") == expected
 
 def test_epsilon_accumulates_over_the_rounds_a_client_trains_in(tmp_path):
     ledger = open_ledger(tmp_path)

@@ -17,6 +17,7 @@ private data (tuning would spend privacy too).
 
 from __future__ import annotations
 
+import functools
 import secrets
 import warnings
 from dataclasses import dataclass
@@ -102,8 +103,15 @@ def noise_multiplier_for(settings: DPSettings, *, records: int) -> float:
     """σ that makes ``settings.epochs`` epochs of Poisson batches spend exactly (ε, δ) under RDP."""
     q = min(1.0, settings.batch_size / records)
     steps = max(1, round(settings.epochs / q))
-    return get_noise_multiplier(target_epsilon=settings.epsilon, target_delta=settings.delta,
-                                sample_rate=q, steps=steps, accountant="rdp")
+    return _noise_multiplier(float(settings.epsilon), float(settings.delta), q, steps)
+
+
+@functools.lru_cache(maxsize=256)
+def _noise_multiplier(epsilon: float, delta: float, q: float, steps: int) -> float:
+    # ~1 s of RDP arithmetic a call; a report's per-species folds (fewer records than a batch: q = 1)
+    # all ask for the same (q, steps).
+    return get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=q, steps=steps,
+                                accountant="rdp")
 
 
 def train_dp_baseline(train: GenomicDataset, settings: DPSettings) -> tuple[nn.Module, float]:
