@@ -20,7 +20,7 @@ from client.trainer import (
 )
 from common.config import InstitutionConfig, TrainingConfig
 from common.data.dataset import GenomicDataset
-from common.data.institution import load_institution_data
+from common.data.institution import load_institution_data, load_institution_splits
 from common.evaluation import evaluate
 from common.finetuning import trainable_names
 from common.model import GenomicTransformer
@@ -65,9 +65,12 @@ class InstitutionAgent:
 
     def data(self, split: str) -> dict[str, GenomicDataset]:
         if split not in self._data:
-            self._data[split] = load_institution_data(self.config, split=split, max_len=self.training.max_len)
-            if split == "train":
-                self._check_delta(self._data[split])
+            max_len = self.training.max_len
+            loaded = (load_institution_splits(self.config, max_len=max_len) if self.config.data is not None
+                      else {split: load_institution_data(self.config, split=split, max_len=max_len)})
+            if "train" in loaded:  # own files are read and split once, all splits together
+                self._check_delta(loaded["train"])
+            self._data.update(loaded)
         return self._data[split]
 
     def _check_delta(self, train: dict[str, GenomicDataset]) -> None:

@@ -22,6 +22,7 @@ from common import protocol as p
 from common.config import TrainingConfig, federation_from_run_config, load_institution, parse_config
 from common.model import GenomicTransformer, ModelConfig
 from common.protocol import Status
+from common.tasks import declare_tasks
 
 log = logging.getLogger(__name__)
 app = ClientApp()
@@ -52,6 +53,8 @@ def agent_for(context: Context, training: TrainingConfig) -> InstitutionAgent:
 def model_from(msg: Message) -> GenomicTransformer:
     config = msg.content[p.CONFIG]
     model_config = ModelConfig.from_dict(json.loads(str(config[p.MODEL_CONFIG])))
+    if p.TASK_DECLARATIONS in config:  # the federation's own tasks; one that clashes with ours is an error
+        declare_tasks(json.loads(str(config[p.TASK_DECLARATIONS])))
     model = GenomicTransformer(model_config, tasks=tuple(json.loads(str(config[p.TASKS]))))
     model.load_state_dict(msg.content[p.ARRAYS].to_torch_state_dict(), strict=True)
     return model

@@ -21,6 +21,7 @@ import torch
 from common.atomic import fsync_directory
 from common.finetuning import head_of, is_adapter
 from common.model import GenomicTransformer, ModelConfig, ModelConfigError
+from common.tasks import declare_tasks, declared_tasks
 
 FORMAT = "helixfed-checkpoint"
 VERSION = 1
@@ -74,6 +75,7 @@ def save_checkpoint(path: str | Path, *, weights: dict[str, torch.Tensor], model
     staging.mkdir()
     torch.save({k: v.detach().cpu().contiguous() for k, v in weights.items()}, staging / WEIGHTS_FILE)
     meta = {"format": FORMAT, "version": VERSION, "model": model_config.to_dict(), "tasks": list(tasks),
+            "task_declarations": declared_tasks(tasks),  # a model serves exactly its tasks, built-in or declared
             "round": int(round), "weights_sha256": _sha256(staging / WEIGHTS_FILE), "state": state or {}}
     (staging / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True, allow_nan=True))
     for name in (WEIGHTS_FILE, META_FILE):
@@ -110,6 +112,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{meta_path}: not a {FORMAT} version {VERSION} file")
     if _sha256(weights_path) != meta.get("weights_sha256"):
         raise CheckpointError(f"{weights_path}: checksum mismatch (file corrupt or replaced)")
+    try:
+        declare_tasks(meta.get("task_declarations") or {})
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{meta_path}: its declared tasks clash with this process's: {err}") from err
     try:
         model_config = ModelConfig.from_dict(meta["model"])
         weights = torch.load(weights_path, map_location="cpu", weights_only=True)

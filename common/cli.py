@@ -35,7 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("client.commands.audit:add_audit_parser",
               "privacy audit: canary exposure and membership inference, with and without DP"),
     # data and baselines
-    "data": ("common.synthetic.cli:add_data_parser", "generate data for a simulated federation"),
+    "data": ("common.data.cli:add_data_parser",
+             "check or import an institution's files; generate data for a simulated federation"),
     "baseline": ("common.analysis.baseline_cli:add_baseline_parser",
                  "score the classic baselines (k-mer and PWM logistic regressions) on a dataset"),
     # a trained model

@@ -25,9 +25,11 @@ from typing import Annotated, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from common.data.importing import SplitConfig
+from common.data.sources import TaskSource
 from common.model import ModelConfig
 from common.protocol import RunConfigKey
-from common.tasks import TASK_NAMES
+from common.tasks import TASK_NAME_PATTERN, TASK_NAMES, TASKS, declare_tasks
 
 
 class ConfigError(ValueError):
@@ -40,8 +42,38 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-TaskName = Literal["promoter", "splice", "coding", "enhancer"]
-Species = Literal["human", "mouse", "fruit_fly", "yeast", "e_coli"]
+# A preset (promoter, splice, coding, enhancer) or a task the federation declares (``tasks:`` as a
+# mapping, see TaskDeclaration); species are free names (the generator's presets have genome models).
+TaskName = Annotated[str, Field(pattern=TASK_NAME_PATTERN)]
+Species = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
+class TaskDeclaration(StrictModel):
+    """A federation's own task: ``tf_binding: {kind: sequence, classes: [unbound, bound], metric: mcc}``."""
+
+    kind: Literal["sequence", "position"]
+    classes: tuple[str, ...] = Field(min_length=2)
+    metric: str | None = None  # the headline metric (default: mcc, or pr_auc_mean for position tasks)
+    description: str = ""
+    class_weights: tuple[float, ...] | None = None
+
+
+def _task_declarations(data):
+    """``tasks:`` written as a mapping -> the task names plus ``task_declarations`` (a preset may
+    appear with no body: ``tasks: {promoter: null, tf_binding: {...}}``)."""
+    if isinstance(data, dict) and isinstance(data.get("tasks"), dict):
+        declared = {name: body for name, body in data["tasks"].items() if body is not None}
+        data = {**data, "tasks": list(data["tasks"]), "task_declarations": declared}
+    return data
+
+
+def _declare(declarations: Mapping[str, TaskDeclaration], tasks: tuple[str, ...], *, where: str) -> None:
+    """Register the declared tasks, then check every named task is known (a preset or declared)."""
+    declare_tasks({name: d.model_dump() for name, d in declarations.items()})
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"{where}tasks {unknown} are neither built-in ({', '.join(TASK_NAMES)}) nor declared; "
+                         f"declare them as tasks: {{{unknown[0]}: {{kind: sequence, classes: [no, yes]}}}}")
 # An institution's name: a SuperNode's node config, a directory name and a certificate's subject.
 INSTITUTION_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 InstitutionName = Annotated[str, Field(pattern=INSTITUTION_NAME_PATTERN)]
@@ -117,7 +149,11 @@ class InstitutionConfig(StrictModel):
     name: InstitutionName
     species: Species
     tasks: tuple[TaskName, ...] = Field(min_length=1)
+    task_declarations: dict[TaskName, TaskDeclaration] = {}  # from `tasks:` written as a mapping
     data_dir: Path | None = None  # <data_dir>/<task>/{train,val,test}.tsv
+    # Or the institution's own files, per task (common.data.sources), split by `split`.
+    data: dict[TaskName, TaskSource] | None = None
+    split: SplitConfig = SplitConfig()
     state_dir: Path | None = None  # ledger and local state; survives restarts
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
     size: float = Field(1.0, gt=0.0, le=100.0)  # generated-data size multiplier (simulation only)
@@ -130,6 +166,25 @@ class InstitutionConfig(StrictModel):
         if len(set(tasks)) != len(tasks):
             raise ValueError(f"duplicate task in {list(tasks)}")
         return tasks
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tasks_mapping(cls, data):
+        return _task_declarations(data)
+
+    @model_validator(mode="after")
+    def _one_source_per_task(self) -> InstitutionConfig:
+        # Declared tasks are registered here; whether every task is known is checked where the
+        # file is complete (load_institution, or the federation that lists this institution inline).
+        declare_tasks({name: d.model_dump() for name, d in self.task_declarations.items()})
+        if self.data is None:
+            return self
+        if self.data_dir is not None:
+            raise ValueError("give data (the files per task) or data_dir (the TSV layout), not both")
+        if set(self.data) != set(self.tasks):
+            raise ValueError(f"data names tasks {sorted(self.data)} but tasks are {sorted(self.tasks)}; "
+                             f"every task needs exactly one source")
+        return self
 
 
 class SyntheticDataConfig(StrictModel):
@@ -182,6 +237,7 @@ class FederationConfig(StrictModel):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")] = "helixfed"
     seed: int = 0
     tasks: tuple[TaskName, ...] = TASK_NAMES  # type: ignore[assignment]
+    task_declarations: dict[TaskName, TaskDeclaration] = {}  # from `tasks:` written as a mapping
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     federation: FederationSection = FederationSection()
@@ -200,6 +256,11 @@ class FederationConfig(StrictModel):
 
     @model_validator(mode="before")
     @classmethod
+    def _tasks_mapping(cls, data):
+        return _task_declarations(data)
+
+    @model_validator(mode="before")
+    @classmethod
     def _init_checkpoint_from_model_section(cls, data):
         model = data.get("model") if isinstance(data, dict) else None
         if isinstance(model, dict) and "init_checkpoint" in model:
@@ -213,6 +274,12 @@ class FederationConfig(StrictModel):
     def _institutions_fit_the_federation(self) -> FederationConfig:
         if self.training.trainable == "lora" and not self.model.lora_rank:
             raise ValueError("training.trainable: lora needs model.lora_rank > 0 (the adapters' rank)")
+        _declare(self.task_declarations, self.tasks, where="")
+        for institution in self.institutions:
+            for name, declaration in institution.task_declarations.items():
+                if name in self.task_declarations and declaration != self.task_declarations[name]:
+                    raise ValueError(f"institution {institution.name}: task {name!r} is declared differently "
+                                     f"from the federation's declaration")
         names = [i.name for i in self.institutions]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -255,7 +322,9 @@ T = TypeVar("T", bound=BaseModel)
 
 
 def _key_path(location: tuple) -> str:
-    return ".".join(str(part) for part in location) or "<top level>"
+    # Declarations are written under `tasks:` (a mapping); the schema keeps them in task_declarations.
+    parts = ["tasks" if part == "task_declarations" else str(part) for part in location]
+    return ".".join(parts) or "<top level>"
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
@@ -317,6 +386,9 @@ def _with_directories(config: InstitutionConfig, file_dir: Path, *, data_root: P
     SuperNode's ClientApp runs in a directory of Flower's choosing); missing ones, when roots are
     given, placed at ``<root>/<name>``."""
     updates = {}
+    if config.data is not None:
+        updates["data"] = {task: source.resolved(file_dir) for task, source in config.data.items()}
+        data_root = None  # the files are the data: no default data directory
     for key, root in (("data_dir", data_root), ("state_dir", state_root)):
         value = getattr(config, key)
         if value is not None and not value.is_absolute():
@@ -335,7 +407,11 @@ def load_institution(path: str | Path) -> InstitutionConfig:
     """
     path = Path(path).resolve()
     config = _with_directories(load_config(path, InstitutionConfig), path.parent)
-    for key in ("data_dir", "state_dir"):
+    try:
+        _declare(config.task_declarations, config.tasks, where="")
+    except ValueError as err:
+        raise ConfigError(f"{path}: {err}") from err
+    for key in ("state_dir",) if config.data is not None else ("data_dir", "state_dir"):
         if getattr(config, key) is None:
             raise ConfigError(f"{path}: {key}: Field required for an institution agent")
     return config

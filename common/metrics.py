@@ -25,8 +25,6 @@ from common import protocol
 from common.tasks import IGNORE_INDEX, TaskSpec, get_task
 
 _SPLICE_LABELS = get_task("splice").label_names
-DONOR = _SPLICE_LABELS.index("donor")
-ACCEPTOR = _SPLICE_LABELS.index("acceptor")
 
 
 def _check_inputs(y_true, prob, *, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -123,23 +121,25 @@ def topk_accuracy(is_site: np.ndarray, score: np.ndarray) -> float:
     return float(is_site[top].mean())
 
 
-def position_metrics(y_true, prob) -> dict[str, float]:
-    """Splice-site metrics over bases pooled from every sequence.
+def position_metrics(y_true, prob, class_names: tuple[str, ...] = _SPLICE_LABELS) -> dict[str, float]:
+    """Per-base metrics over bases pooled from every sequence; class 0 is the background.
 
     Args:
-        y_true: int labels ``[N_bases]`` (0 neither, 1 donor, 2 acceptor); entries equal to
+        y_true: int labels ``[N_bases]`` (splice: 0 neither, 1 donor, 2 acceptor); entries equal to
             ``IGNORE_INDEX`` (padding) are dropped with their rows of ``prob``.
-        prob: class probabilities ``[N_bases, 3]``.
+        prob: class probabilities ``[N_bases, C]``.
+        class_names: the task's class names (default splice's), which name the per-class keys.
 
     Returns:
-        ``accuracy`` (base level, argmax), ``pr_auc_donor`` and ``pr_auc_acceptor`` (average precision
-        of that class against the rest), ``pr_auc_mean`` (their mean, or the one that is defined),
-        ``topk_donor`` and ``topk_acceptor`` (see :func:`topk_accuracy`). A class with no true site
-        has nan PR-AUC and top-k.
+        ``accuracy`` (base level, argmax); for every class but the background ``pr_auc_<class>``
+        (average precision of that class against the rest) and ``topk_<class>`` (see
+        :func:`topk_accuracy`); ``pr_auc_mean``, the mean of the defined per-class PR-AUCs. Splice's
+        keys are ``pr_auc_donor``, ``pr_auc_acceptor``, ``topk_donor``, ``topk_acceptor``. A class
+        with no true site has nan PR-AUC and top-k.
 
     Raises:
         ValueError: shapes disagree, nothing left after dropping padding, a label out of range,
-            fewer than 3 class columns, or non-finite probabilities.
+            fewer class columns than names, or non-finite probabilities.
     """
     y = np.asarray(y_true)
     p = np.asarray(prob)
@@ -147,19 +147,29 @@ def position_metrics(y_true, prob) -> dict[str, float]:
         keep = y != IGNORE_INDEX
         y, p = y[keep], p[keep]
     y, p = _check_inputs(y, p, where="position_metrics")
-    if p.shape[1] <= max(DONOR, ACCEPTOR):
-        raise ValueError(f"position_metrics: expected {len(_SPLICE_LABELS)} class columns "
-                         f"{_SPLICE_LABELS}, got {p.shape[1]}")
-    donor = _one_vs_rest(average_precision_score, y, p, DONOR)
-    acceptor = _one_vs_rest(average_precision_score, y, p, ACCEPTOR)
-    return {
-        protocol.ACCURACY: float(accuracy_score(y, p.argmax(axis=1))),
-        protocol.PR_AUC_DONOR: donor,
-        protocol.PR_AUC_ACCEPTOR: acceptor,
-        protocol.PR_AUC_MEAN: _macro([donor, acceptor]),
-        protocol.TOPK_DONOR: topk_accuracy(y == DONOR, p[:, DONOR]),
-        protocol.TOPK_ACCEPTOR: topk_accuracy(y == ACCEPTOR, p[:, ACCEPTOR]),
-    }
+    if p.shape[1] < len(class_names):
+        raise ValueError(f"position_metrics: expected {len(class_names)} class columns "
+                         f"{class_names}, got {p.shape[1]}")
+    out = {protocol.ACCURACY: float(accuracy_score(y, p.argmax(axis=1)))}
+    pr_aucs = []
+    for c, name in enumerate(class_names[1:], start=1):
+        out[f"pr_auc_{name}"] = _one_vs_rest(average_precision_score, y, p, c)
+        pr_aucs.append(out[f"pr_auc_{name}"])
+    out[protocol.PR_AUC_MEAN] = _macro(pr_aucs)
+    for c, name in enumerate(class_names[1:], start=1):
+        out[f"topk_{name}"] = topk_accuracy(y == c, p[:, c])
+    return out
+
+
+def position_metric_keys(spec: TaskSpec) -> tuple[str, ...]:
+    """The keys :func:`position_metrics` returns for ``spec``, in table order."""
+    names = spec.label_names[1:]
+    return (protocol.ACCURACY, *(f"pr_auc_{n}" for n in names), protocol.PR_AUC_MEAN, *(f"topk_{n}" for n in names))
+
+
+def metric_keys(spec: TaskSpec) -> tuple[str, ...]:
+    """The metric keys of a task, in the order tables show them."""
+    return position_metric_keys(spec) if spec.per_position else protocol.SEQUENCE_METRIC_KEYS
 
 
 def task_metrics(task: str | TaskSpec, y_true, prob) -> dict[str, float]:
@@ -176,5 +186,5 @@ def task_metrics(task: str | TaskSpec, y_true, prob) -> dict[str, float]:
         raise ValueError(f"task {spec.name!r}: expected prob of shape [N, {spec.num_classes}], "
                          f"got {np.shape(prob)}")
     if spec.per_position:
-        return position_metrics(y_true, prob)
+        return position_metrics(y_true, prob, spec.label_names)
     return sequence_metrics(y_true, prob)

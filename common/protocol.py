@@ -32,6 +32,7 @@ SERVER_ROUND = "server-round"  # set by Flower's strategy
 NUM_ROUNDS = "num-rounds"  # the federation's rounds: where this round lies in the learning-rate schedule
 MODEL_CONFIG = "model-config"  # JSON of the ModelConfig, so the institution builds the same model
 TASKS = "tasks"  # JSON list of the federation's tasks (the model's heads)
+TASK_DECLARATIONS = "task-declarations"  # JSON {name: declaration} of the tasks that are not built in
 TRAINING = "training"  # JSON of the federation's TrainingConfig (an institution may override it)
 RUN_NAME = "run-name"
 

@@ -3,6 +3,8 @@ for head shape, label names, loss and headline metric."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,7 +46,15 @@ TASKS: dict[str, TaskSpec] = {
     "enhancer": TaskSpec("enhancer", "sequence", ("non-enhancer", "enhancer"), "mcc",
                          "does the window hold a cluster of transcription-factor binding sites"),
 }
-TASK_NAMES: tuple[str, ...] = tuple(TASKS)
+TASK_NAMES: tuple[str, ...] = tuple(TASKS)  # the presets; a federation may declare more
+PRESETS: dict[str, TaskSpec] = dict(TASKS)
+
+TASK_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
+CLASS_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,39}$")
+# Headline metrics a declared task may choose (common/metrics.py computes them all).
+SEQUENCE_HEADLINES = ("mcc", "auroc", "auprc", "accuracy", "balanced_accuracy", "f1")
+POSITION_HEADLINES = ("pr_auc_mean", "accuracy")
+MAX_CLASSES = 64
 
 
 def get_task(name: str) -> TaskSpec:
@@ -52,7 +62,66 @@ def get_task(name: str) -> TaskSpec:
     try:
         return TASKS[name]
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}") from None
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)} (declare others in the "
+                         f"federation's tasks: section)") from None
+
+
+def declare_task(name: str, *, kind: str, classes: Sequence[str], metric: str | None = None,
+                 description: str = "", class_weights: Sequence[float] | None = None) -> TaskSpec:
+    """Register a federation's own task so heads, losses, metrics and reports follow it.
+
+    Declaring a name again with the same definition is a no-op (server, institutions and checkpoints
+    all declare what they use); a preset's name, or a different definition, is an error.
+
+    Raises:
+        ValueError: a bad name, kind, class list, metric or weights, or a clash with a known task.
+    """
+    if not re.match(TASK_NAME_PATTERN, name):
+        raise ValueError(f"task name {name!r}: expected lower-case letters, digits and _ (a letter first)")
+    if kind not in ("sequence", "position"):
+        raise ValueError(f"task {name!r}: kind {kind!r}; expected sequence or position")
+    classes = tuple(classes)
+    if not 2 <= len(classes) <= MAX_CLASSES or len(set(classes)) != len(classes):
+        raise ValueError(f"task {name!r}: classes {list(classes)}; expected 2..{MAX_CLASSES} distinct names")
+    bad = [c for c in classes if not CLASS_NAME_PATTERN.match(str(c))]
+    if bad:
+        raise ValueError(f"task {name!r}: class names {bad}; expected letters, digits and _ . + -")
+    allowed = POSITION_HEADLINES if kind == "position" else SEQUENCE_HEADLINES
+    metric = metric or allowed[0]
+    if metric not in allowed:
+        raise ValueError(f"task {name!r}: metric {metric!r}; a {kind} task reports one of {', '.join(allowed)}")
+    weights = None if class_weights is None else tuple(float(w) for w in class_weights)
+    if weights is not None and (len(weights) != len(classes) or not all(0 < w < 1e6 for w in weights)):
+        raise ValueError(f"task {name!r}: class_weights {list(weights)}; expected one positive weight per class")
+    spec = TaskSpec(name, kind, classes, metric, description or f"declared task {name}", weights)  # type: ignore[arg-type]
+    known = TASKS.get(name)
+    if known is not None and known != spec:
+        what = "a built-in task" if name in PRESETS else "declared differently before"
+        raise ValueError(f"task {name!r} is {what}: {task_to_dict(known)}; cannot redefine it")
+    TASKS[name] = spec
+    return spec
+
+
+def task_to_dict(spec: TaskSpec) -> dict:
+    """The declaration of a task (what travels to institutions and into checkpoints)."""
+    out = {"kind": spec.kind, "classes": list(spec.label_names), "metric": spec.headline_metric,
+           "description": spec.description}
+    if spec.class_weights is not None:
+        out["class_weights"] = list(spec.class_weights)
+    return out
+
+
+def declare_tasks(declarations: Mapping[str, Mapping]) -> None:
+    """:func:`declare_task` for every ``name -> task_to_dict(...)`` entry; presets pass through."""
+    for name, declaration in declarations.items():
+        if name in PRESETS and not declaration:
+            continue
+        declare_task(name, **dict(declaration))
+
+
+def declared_tasks(names: Sequence[str]) -> dict[str, dict]:
+    """The declarations of the non-preset tasks among ``names``."""
+    return {name: task_to_dict(get_task(name)) for name in names if name not in PRESETS}
 
 
 def task_loss(task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

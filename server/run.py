@@ -27,6 +27,7 @@ from common.evaluation import evaluate
 from common.finetuning import trainable_names
 from common.model import GenomicTransformer
 from common.protocol import MetricsLog, RoundMetrics, Status, json_safe
+from common.tasks import declared_tasks
 from server.checkpoints import RunCheckpoints
 from server.strategy import RoundRecord, SpeciesFedAvg
 
@@ -109,6 +110,7 @@ class FederationRun:
         arrays = ArrayRecord(self.model.state_dict())
         train_config = ConfigRecord({
             p.MODEL_CONFIG: json.dumps(self.config.model.to_dict()), p.TASKS: json.dumps(list(self.config.tasks)),
+            p.TASK_DECLARATIONS: json.dumps(declared_tasks(self.config.tasks)),
             p.TRAINING: self.config.training.model_dump_json(), p.RUN_NAME: self.config.name,
             p.NUM_ROUNDS: self.num_rounds})
         self.audit("run_started", {"name": self.config.name, "rounds": self.num_rounds,

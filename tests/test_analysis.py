@@ -40,7 +40,7 @@ from common.analysis.scoring import (
 )
 from common.checkpoint import save_checkpoint
 from common.data.dataset import GenomicDataset, Record
-from common.data.writers import write_split_tables
+from common.data.writers import write_fasta, write_split_tables
 from common.evaluation import predict
 from common.model import GenomicTransformer, ModelConfig
 from common.synthetic.generator import generate, generate_variant_pairs
@@ -409,6 +409,21 @@ def test_evaluate_table_and_missing_task_folder(workspace, tmp_path, capsys):
 
     assert run_command("evaluate", "--checkpoint", str(workspace / "final"), "--data", str(tmp_path)) == 1
     assert "holds no folder named after a task" in capsys.readouterr().err
+
+
+def test_evaluate_scores_one_labelled_fasta_file(workspace, tmp_path, capsys):
+    records = generate(task="promoter", species="human", n=24, seed=9, length=PROMOTER_LENGTH).records
+    fasta = tmp_path / "labelled.fa"
+    write_fasta(records, fasta)
+
+    assert run_command("evaluate", "--checkpoint", str(workspace / "final"), "--data", str(fasta),
+                       "--task", "promoter", "--json") == 0
+    report = json.loads(capsys.readouterr().out)["tasks"]["promoter"]
+    assert report["model"]["num-examples"] == 24 and report["kmer"] is None
+    assert report["source"].endswith("labelled.fa")
+
+    assert run_command("evaluate", "--checkpoint", str(workspace / "final"), "--data", str(fasta)) == 1
+    assert "pass --task" in capsys.readouterr().err
 
 
 def test_predict_writes_probabilities_and_labels(workspace, tmp_path, model):

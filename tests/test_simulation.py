@@ -124,3 +124,74 @@ def test_cli_exit_code_is_non_zero_when_the_run_fails(tmp_path, tiny_data):
     assert result.returncode == 1
     assert "simulation failed" in result.stderr
     assert flower_processes_under(out) == []
+
+
+def test_declared_tasks_species_and_own_files_run_end_to_end(tmp_path):
+    """Issue 13: a federation declares its own 3-class task; two institutions of species the generator
+    does not know join with FASTA files (one per class) and a GUE folder; nothing is generated."""
+    import numpy as np
+    import yaml
+
+    from common.data.dataset import Record
+    from common.data.writers import write_split_tables
+
+    rng = np.random.default_rng(0)
+    motifs = {"unbound": "", "weak": "TGACTCA", "strong": "TGACTCATGACTCA"}
+
+    def sequences(n: int, motif: str) -> list[str]:
+        out = []
+        for _ in range(n):
+            s = "".join(rng.choice(list("ACGT"), size=100))
+            at = int(rng.integers(0, 100 - len(motif) + 1))
+            out.append(s[:at] + motif + s[at + len(motif):])
+        return out
+
+    institutions = []
+    for name, species in (("cress-lab", "arabidopsis_thaliana"), ("rat-lab", "rattus_norvegicus")):
+        folder = tmp_path / name
+        folder.mkdir()
+        classes = {}
+        for cls, motif in motifs.items():
+            path = folder / f"{cls}.fa"
+            path.write_text("".join(f">{name}-{cls}-{i}\n{s}\n" for i, s in enumerate(sequences(60, motif))))
+            classes[cls] = [str(path)]
+        gue = folder / "gue"
+        gue.mkdir()
+        for split, n in (("train", 60), ("dev", 10), ("test", 10)):
+            rows = [(s, 1) for s in sequences(n // 2, "TATAAAAG")] + [(s, 0) for s in sequences(n // 2, "")]
+            (gue / f"{split}.csv").write_text("sequence,label\n" + "".join(f"{s},{y}\n" for s, y in rows))
+        institutions.append({"name": name, "species": species, "tasks": ["tf_binding", "promoter"],
+                             "data": {"tf_binding": {"classes": classes}, "promoter": {"gue": str(gue)}},
+                             "privacy": {"epsilon": 8.0, "delta": 1e-4, "planned_rounds": 2}})
+    central = tmp_path / "central"
+    records = [Record(f"c-{cls}-{i}", s, label, "rattus_norvegicus")
+               for label, (cls, motif) in enumerate(motifs.items()) for i, s in enumerate(sequences(20, motif))]
+    (central / "tf_binding").mkdir(parents=True)
+    write_split_tables(central / "tf_binding", {"test": records})
+    config = {
+        "name": "declared", "seed": 1,
+        "tasks": {"tf_binding": {"kind": "sequence", "classes": list(motifs), "metric": "mcc"}, "promoter": None},
+        "model": {"d_model": 32, "n_heads": 4, "n_layers": 1, "d_ff": 64, "max_len": 128, "kmer_linear": 3},
+        "training": {"local_epochs": 1, "batch_size": 32, "learning_rate": 0.003},
+        "federation": {"rounds": 1, "min_train_institutions": 2, "min_available_institutions": 2},
+        "aggregation": {"mode": "species_balanced", "species_weights": {"rattus_norvegicus": 2.0}},
+        "central_evaluation": {"baselines": False, "data_dir": str(central)},
+        "output_dir": str(tmp_path / "run"), "institutions": institutions,
+    }
+    config_file = tmp_path / "federation.yaml"
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    history = simulate(config_file, out_dir=tmp_path / "run", rounds=1, timeout=500)
+
+    last = history[-1]
+    assert {name: info.status for name, info in last.institutions.items()} == {"cress-lab": "trained",
+                                                                               "rat-lab": "trained"}
+    assert set(last.central["tf_binding"]["species"]) == {"rattus_norvegicus"}
+    assert "mcc" in last.central["tf_binding"]
+    assert not (tmp_path / "run" / "data").exists()  # nothing generated
+    model, checkpoint = load_model(tmp_path / "run" / "final")
+    assert checkpoint.tasks == ("tf_binding", "promoter")
+    assert model.heads["tf_binding"].kmers.linear.out_features == 3
+    assert json.loads((tmp_path / "run" / "final" / "checkpoint.json").read_text())["task_declarations"]["tf_binding"][
+        "classes"] == ["unbound", "weak", "strong"]
+    assert flower_processes_under(tmp_path / "run") == []

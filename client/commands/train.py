@@ -19,6 +19,7 @@ from rich.table import Table
 from client.agent import InstitutionAgent
 from common.checkpoint import save_checkpoint, start_from
 from common.config import ConfigError, PrivacyConfig, TrainingConfig, load_federation, load_institution
+from common.data.cli import run_data_command
 from common.model import GenomicTransformer, ModelConfig
 from common.protocol import Status
 from common.tasks import get_task
@@ -90,7 +91,11 @@ def _show(result: dict) -> None:
 def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train on one institution's own data (no federation)")
     parser.add_argument("--institution", type=Path, required=True, help="institution YAML")
-    parser.add_argument("--out", type=Path, required=True, help="output directory (model, metrics)")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (model, metrics); required "
+                        "unless --dry-run")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="read, split and summarise the data as `helixfed data check` does; train nothing, "
+                             "spend nothing")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--no-dp", action="store_true", help="train without DP (nothing is spent)")
     parser.add_argument("--config", type=Path, default=None,
@@ -99,6 +104,12 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train_command(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return run_data_command(argparse.Namespace(data_command="check", institution=args.institution,
+                                                   max_len=None))
+    if args.out is None:
+        console.print("[red]--out is required (or --dry-run)[/red]")
+        return 2
     if args.epochs < 1:
         console.print("[red]--epochs must be at least 1[/red]")
         return 2

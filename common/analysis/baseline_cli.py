@@ -23,6 +23,7 @@ from common import protocol
 from common.analysis.baselines import MAX_K, METHODS, applicable_methods, run_baseline
 from common.data.dataset import GenomicDataset
 from common.data.readers import load_dataset
+from common.metrics import metric_keys
 from common.tasks import TASK_NAMES, get_task
 
 ALL = "all"
@@ -114,7 +115,7 @@ def _table(task: str, train: GenomicDataset, test: GenomicDataset,
     """One row per metric (so the table fits a narrow terminal), one column per method; the task's
     headline metric in bold."""
     spec = get_task(task)
-    names = protocol.POSITION_METRIC_KEYS if spec.per_position else protocol.SEQUENCE_METRIC_KEYS
+    names = metric_keys(spec)
     table = Table(title=f"baselines: {task}", caption=f"{len(train)} training, {len(test)} scored")
     table.add_column("metric")
     for method in results:

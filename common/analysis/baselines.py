@@ -358,7 +358,7 @@ def pwm_splice_model() -> Pipeline:
 def applicable_methods(task: str) -> tuple[str, ...]:
     """The baseline methods that apply to ``task`` (``pwm`` needs motifs: not for coding)."""
     spec = get_task(task)
-    if spec.per_position or spec.name in MOTIFS_BY_TASK:
+    if spec.name == "splice" or spec.name in MOTIFS_BY_TASK:  # the generator's motifs and splice PWMs
         return METHODS
     return (KMER,)
 

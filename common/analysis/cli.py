@@ -51,8 +51,9 @@ from common.checkpoint import load_model
 from common.data.dataset import GenomicDataset, Record
 from common.data.readers import load_dataset
 from common.evaluation import evaluate
+from common.metrics import metric_keys
 from common.model import GenomicTransformer
-from common.tasks import TASK_NAMES, get_task
+from common.tasks import get_task
 
 logger = logging.getLogger(__name__)
 ALL_SPECIES = "all"
@@ -95,8 +96,9 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                     "DIR itself with --task), overall and per species, beside the k-mer baseline fitted "
                     "on the train split.")
     _add_checkpoint(parser)
-    parser.add_argument("--data", type=Path, required=True, metavar="DIR")
-    parser.add_argument("--task", choices=TASK_NAMES, action="append",
+    parser.add_argument("--data", type=Path, required=True, metavar="DIR|FILE",
+                        help="a data folder, or one labelled FASTA (>id|label) or CSV/TSV file with --task")
+    parser.add_argument("--task", metavar="TASK", action="append",
                         help="evaluate only this task (repeatable; default: every task the data holds)")
     parser.add_argument("--split", choices=("test", "val"), default="test", help="split to score (default test)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the k-mer baseline")
@@ -114,6 +116,8 @@ def tasks_in_data(data: Path, model: GenomicTransformer, requested: list[str] | 
     """
     if requested:
         return [require_task(model, task) for task in requested]
+    if data.is_file():
+        raise ValueError(f"{data}: a single labelled file holds one task; pass --task")
     found = [task for task in model.tasks if (data / task).is_dir()]
     if not found:
         raise ValueError(f"{data}: holds no folder named after a task of this model ({', '.join(model.tasks)}); "
@@ -142,8 +146,11 @@ def _baseline(train: GenomicDataset | None, test: GenomicDataset, task: str) -> 
 def evaluate_task(model: GenomicTransformer, *, directory: Path, task: str, split: str, baseline: bool,
                   batch_size: int) -> dict:
     """Model (and baseline) metrics of one task: ``{"source", "model", "kmer", "species": {...}}``."""
-    test = load_dataset(directory, task=task, split=split)
-    train = None
+    if directory.is_file():  # one labelled file (FASTA id|label headers, CSV/TSV): no train split, no baseline
+        test, train = load_dataset(directory, task=task), None
+        baseline = False
+    else:
+        test, train = load_dataset(directory, task=task, split=split), None
     if baseline:
         try:
             train = load_dataset(directory, task=task, split="train")
@@ -164,7 +171,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         model, checkpoint = load_model(args.checkpoint)
         tasks = tasks_in_data(args.data, model, args.task)
-        reports = {task: evaluate_task(model, directory=task_directory(args.data, task), task=task,
+        reports = {task: evaluate_task(model, directory=args.data if args.data.is_file()
+                                       else task_directory(args.data, task), task=task,
                                        split=args.split, baseline=not args.no_baseline,
                                        batch_size=args.batch_size) for task in tasks}
     except (ValueError, OSError) as err:
@@ -194,7 +202,7 @@ def _metrics_table(task: str, report: dict) -> Table:
                   caption=f"{report['model'][protocol.NUM_EXAMPLES]} sequences scored")
     for column in ("metric", "model", "kmer"):
         table.add_column(column, justify="left" if column == "metric" else "right")
-    names = protocol.POSITION_METRIC_KEYS if spec.per_position else protocol.SEQUENCE_METRIC_KEYS
+    names = metric_keys(spec)
     for name in (*names, protocol.LOSS):
         table.add_row(name, _cell(report["model"], name), _cell(report["kmer"], name) if name != protocol.LOSS else "",
                       style="bold" if name == spec.headline_metric else None)
@@ -224,7 +232,7 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         description="Write id, one probability per class and the most probable label for each sequence "
                     "(for splice: one row per base, with its 1-based position and base).")
     _add_checkpoint(parser)
-    parser.add_argument("--task", choices=TASK_NAMES, required=True)
+    parser.add_argument("--task", metavar="TASK", required=True)
     parser.add_argument("--input", type=Path, required=True, metavar="FILE",
                         help="FASTA, or CSV/TSV with a 'sequence' column (and optionally 'id')")
     parser.add_argument("--out", type=Path, default=None, metavar="FILE", help="TSV file (default stdout)")
@@ -290,7 +298,7 @@ def add_attention_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--out", type=Path, required=True, metavar="FILE.png")
     parser.add_argument("--layer", type=int, default=-1, help="0-based layer, negative from the end (default -1: last)")
     parser.add_argument("--head", type=int, default=None, help="0-based head (default: mean over heads)")
-    parser.add_argument("--task", choices=TASK_NAMES, default=None,
+    parser.add_argument("--task", metavar="TASK", default=None,
                         help="head whose prediction is shown in the title (default: the model's first)")
     parser.set_defaults(func=run_attention)
     return parser
@@ -339,7 +347,7 @@ def add_motifs_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     _add_checkpoint(parser)
     parser.add_argument("--data", type=Path, required=True, metavar="DIR",
                         help="DIR/<task>/{train,val,test}.tsv, a task folder, or a data file")
-    parser.add_argument("--task", choices=TASK_NAMES, default=None,
+    parser.add_argument("--task", metavar="TASK", default=None,
                         help="task whose sequences are read (default promoter if the model has it)")
     parser.add_argument("--split", choices=("train", "val", "test"), default="test")
     parser.add_argument("--all-labels", action="store_true", help="use every sequence, not only positives")

@@ -113,7 +113,7 @@ def read_fasta(path: Path, *, task: TaskSpec, label_file: Path | None, species: 
     records: list[Record] = []
     seen: dict[str, Where] = {}
     for entry in fasta_entries(path):
-        sequence = _checked_sequence(entry, path, max_len)
+        sequence = checked_sequence(entry, path, max_len)
         where = Where(path, entry.header_line, entry.word)
         record = (record_from_side_file(entry.word, sequence, side, task, where, species) if side is not None
                   else _from_header(entry, sequence, task, path, species))
@@ -122,7 +122,8 @@ def read_fasta(path: Path, *, task: TaskSpec, label_file: Path | None, species: 
     return records
 
 
-def _checked_sequence(entry: FastaEntry, path: Path, max_len: int | None) -> str:
+def checked_sequence(entry: FastaEntry, path: Path, max_len: int | None) -> str:
+    """The entry's bases joined, its length and every base checked (errors name file and line)."""
     sequence = "".join(text for _, text in entry.lines)
     check_length(sequence, Where(path, entry.header_line, entry.word), max_len=max_len)
     bad = first_bad_base(sequence)

@@ -25,15 +25,15 @@ def synth_from_config(config_file: Path, out_dir: Path) -> dict:
     if not federation.institutions:
         raise ConfigError(f"{config_file}: institutions: no institutions to generate data for")
     data = federation.data or SyntheticDataConfig()
-    return write_federation_data(institutions=list(federation.institutions), out_dir=out_dir, seed=data.seed,
+    generated = [i for i in federation.institutions if i.data is None]  # the others name their own files
+    return write_federation_data(institutions=generated, out_dir=out_dir, seed=data.seed,
                                  n_per_task=data.n_per_task, central_n=data.central_n,
                                  lengths=dict(data.lengths) or None, difficulty=data.difficulty,
                                  public_bases=data.public_bases, progress=True)
 
 
-def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="generate data for a simulated federation")
-    actions = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+def add_synth_parser(actions: argparse._SubParsersAction) -> None:
+    """Add ``synth`` to ``helixfed data``'s actions (common.data.cli)."""
     synth = actions.add_parser("synth", help="generate every institution's data from a federation file")
     synth.add_argument("--config", type=Path, required=True, help="federation YAML (institutions, data)")
     synth.add_argument("--out", type=Path, required=True, help="output directory (must be new or empty)")

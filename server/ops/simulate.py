@@ -37,12 +37,15 @@ def ensure_data(config: FederationConfig) -> Path:
 
     data_dir = Path(config.data_dir)
     manifest_path = data_dir / MANIFEST
+    generated = [i for i in config.institutions if i.data is None]  # the others read their own files
+    if config.institutions and not generated:
+        return data_dir
     if config.data is None:
         if manifest_path.is_file() or data_dir.is_dir():
             return data_dir
         raise ConfigError(f"no data at {data_dir} and no `data:` section to generate it from")
     d = config.data
-    arguments = {"institutions": list(config.institutions), "seed": d.seed, "n_per_task": d.n_per_task,
+    arguments = {"institutions": generated, "seed": d.seed, "n_per_task": d.n_per_task,
                  "central_n": d.central_n, "lengths": dict(d.lengths) or None, "difficulty": d.difficulty,
                  "public_bases": d.public_bases}
     if manifest_path.is_file():
@@ -52,7 +55,7 @@ def ensure_data(config: FederationConfig) -> Path:
             return data_dir
         console.print(f"data: {data_dir} was generated with other settings ({'; '.join(differences)}): regenerating")
         shutil.rmtree(data_dir)
-    console.print(f"data: generating {len(config.institutions)} institutions into {data_dir}")
+    console.print(f"data: generating {len(generated)} institutions into {data_dir}")
     write_federation_data(out_dir=data_dir, progress=True, **arguments)
     return data_dir
 

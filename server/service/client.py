@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 
 from common.analysis.files import prediction_header, prediction_rows
-from common.tasks import TASK_NAMES, get_task
+from common.tasks import TASKS, declare_task, get_task
 from server.service import helixfed_pb2 as pb
 from server.service import helixfed_pb2_grpc as pb_grpc
 
@@ -50,8 +50,17 @@ def query(*, address: str, task: str, sequences: Sequence[str], timeout: float =
     """
     channel, stub = connect(address)
     with channel:
+        if task not in TASKS:  # a task the federation declared: the served model says what it is
+            learn_tasks(stub.ModelInfo(pb.ModelInfoRequest(), timeout=timeout))
         response = stub.Predict(pb.PredictRequest(task=task, sequences=list(sequences)), timeout=timeout)
     return response_probabilities(task, response)
+
+
+def learn_tasks(info: pb.ModelInfoResponse) -> None:
+    """Declare, in this process, the served model's tasks that are not built in."""
+    for task in info.tasks:
+        if task.name not in TASKS:
+            declare_task(task.name, kind=task.kind, classes=tuple(task.class_names), metric=task.headline_metric)
 
 
 def add_query_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -60,7 +69,7 @@ def add_query_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "query", help="ask a running 'helixfed serve' for predictions (TSV out, as 'helixfed predict')",
         description="Send sequences to a helixfed gRPC server's Predict and print the probabilities.")
     parser.add_argument("--server", required=True, metavar="HOST:PORT")
-    parser.add_argument("--task", choices=TASK_NAMES, required=True)
+    parser.add_argument("--task", metavar="TASK", required=True)
     parser.add_argument("--sequence", action="append", required=True, metavar="SEQ",
                         help="a sequence to predict (repeatable)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer")
