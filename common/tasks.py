@@ -88,6 +88,8 @@ def declare_task(name: str, *, kind: str, classes: Sequence[str], metric: str | 
         raise ValueError(f"task {name!r}: class names {bad}; expected letters, digits and _ . + -")
     allowed = POSITION_HEADLINES if kind == "position" else SEQUENCE_HEADLINES
     metric = metric or allowed[0]
+    if kind == "sequence" and metric == "pr_auc":  # the name many papers use for average precision
+        metric = "auprc"
     if metric not in allowed:
         raise ValueError(f"task {name!r}: metric {metric!r}; a {kind} task reports one of {', '.join(allowed)}")
     weights = None if class_weights is None else tuple(float(w) for w in class_weights)

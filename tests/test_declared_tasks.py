@@ -75,6 +75,7 @@ def test_declaring_again_is_a_no_op_and_a_different_definition_an_error(forget_d
     with pytest.raises(ValueError, match="declared differently"):
         declare_task("enhancer_chip", kind="sequence", classes=["no", "yes", "maybe"])
     assert PRESETS["promoter"] is TASKS["promoter"]
+    assert declare_task("chip_peak", kind="sequence", classes=["no", "yes"], metric="pr_auc").headline_metric == "auprc"
 
 
 def test_federation_tasks_as_a_mapping_declare_them(forget_declared):
