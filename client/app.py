@@ -50,9 +50,14 @@ def agent_for(context: Context, training: TrainingConfig) -> InstitutionAgent:
     return _AGENTS[key]
 
 
-def model_from(msg: Message) -> GenomicTransformer:
+def model_from(msg: Message, agent: InstitutionAgent) -> GenomicTransformer:
     config = msg.content[p.CONFIG]
     model_config = ModelConfig.from_dict(json.loads(str(config[p.MODEL_CONFIG])))
+    limit = agent.config.max_model_parameters
+    if model_config.estimated_parameters() > limit:  # refuse before allocating anything
+        raise ValueError(f"{agent.config.name}: the server's model config needs about "
+                         f"{model_config.estimated_parameters():,} parameters; this agent's limit "
+                         f"(max_model_parameters) is {limit:,}")
     if p.TASK_DECLARATIONS in config:  # the federation's own tasks; one that clashes with ours is an error
         declare_tasks(json.loads(str(config[p.TASK_DECLARATIONS])))
     model = GenomicTransformer(model_config, tasks=tuple(json.loads(str(config[p.TASKS]))))
@@ -75,8 +80,9 @@ def encode_outcome(agent: InstitutionAgent, outcome: TrainOutcome) -> RecordDict
     numbers = {p.NUM_EXAMPLES: sum(outcome.examples.values()), p.EPSILON: outcome.epsilon,
                p.DELTA: outcome.delta, p.BUDGET: outcome.budget, p.REFUSED: float(outcome.status == Status.REFUSED),
                p.NOISE_MULTIPLIER: outcome.noise_multiplier}
-    per_task = {t: {p.NUM_EXAMPLES: n, p.LOSS: outcome.losses.get(t, float("nan"))}
-                for t, n in outcome.examples.items()}
+    # Record counts per task are disclosed metadata (the README's privacy model); the training loss,
+    # computed on raw private batches, stays here: nothing leaves that the ledger does not cover.
+    per_task = {t: {p.NUM_EXAMPLES: n} for t, n in outcome.examples.items()}
     record = RecordDict({p.METRICS: MetricRecord({**numbers, **p.flatten_task_metrics(per_task)}),
                          p.META: meta(agent, outcome.status, outcome.reason)})
     if outcome.weights is not None:
@@ -87,7 +93,7 @@ def encode_outcome(agent: InstitutionAgent, outcome: TrainOutcome) -> RecordDict
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     agent = agent_for(context, training_from(msg))
-    model = model_from(msg)
+    model = model_from(msg, agent)
     config = msg.content[p.CONFIG]
     outcome = agent.train(model, run_id=str(context.run_id), server_round=int(config[p.SERVER_ROUND]),
                           num_rounds=int(config[p.NUM_ROUNDS]) if p.NUM_ROUNDS in config else None)
@@ -97,7 +103,10 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     agent = agent_for(context, training_from(msg))
-    per_task = agent.evaluate(model_from(msg))
+    if not agent.config.privacy.share_evaluation:  # metrics on raw test data are outside ε: opt-in only
+        return Message(RecordDict({p.META: meta(agent, Status.DECLINED, "privacy.share_evaluation is false")}),
+                       reply_to=msg)
+    per_task = agent.evaluate(model_from(msg, agent))
     examples = sum(int(m[p.NUM_EXAMPLES]) for m in per_task.values())
     metrics = MetricRecord({p.NUM_EXAMPLES: examples, p.EPSILON: agent.epsilon(),
                             **p.flatten_task_metrics(per_task)})

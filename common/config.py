@@ -133,6 +133,9 @@ class PrivacyConfig(StrictModel):
     delta: float = Field(1e-5, gt=0.0, lt=1.0)  # must be < 1/(records held), checked with the data
     max_grad_norm: float = Field(1.0, gt=0.0)
     accountant: Literal["rdp", "prv"] = "rdp"
+    # Federated evaluation sends metrics computed on the institution's raw test split: not DP and not
+    # in the ledger. Off unless the institution opts in (the server asks only if fraction_evaluate > 0).
+    share_evaluation: bool = False
     noise_multiplier: float | None = Field(None, ge=0.0)  # fixed sigma, or
     planned_rounds: int | None = Field(None, ge=1)  # choose sigma so this many rounds fit the budget
 
@@ -159,6 +162,8 @@ class InstitutionConfig(StrictModel):
     size: float = Field(1.0, gt=0.0, le=100.0)  # generated-data size multiplier (simulation only)
     privacy: PrivacyConfig = PrivacyConfig(planned_rounds=10)
     training: TrainingConfig | None = None  # overrides the federation's training section
+    # The largest model this agent builds from a config a server sends (parameters, estimated first).
+    max_model_parameters: int = Field(50_000_000, ge=1_000, le=2_000_000_000)
 
     @field_validator("tasks")
     @classmethod
@@ -201,7 +206,7 @@ class SyntheticDataConfig(StrictModel):
 class FederationSection(StrictModel):
     rounds: int = Field(5, ge=1, le=10000)
     fraction_train: float = Field(1.0, gt=0.0, le=1.0)
-    fraction_evaluate: float = Field(1.0, ge=0.0, le=1.0)
+    fraction_evaluate: float = Field(0.0, ge=0.0, le=1.0)  # > 0: ask for federated evaluation (opt-in per site)
     min_train_institutions: int = Field(2, ge=1)  # fewer usable updates in a round is an error
     min_available_institutions: int = Field(2, ge=1)  # wait for this many before a round starts
     round_timeout_s: float = Field(3600.0, gt=0.0)
@@ -356,15 +361,53 @@ def parse_config(data: object, schema: type[T], *, source: str = "<config>") -> 
         raise ConfigError(format_validation_error(err, source)) from err
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_ALIASES = 64
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (``epsilon: 1, epsilon: 50`` must not silently mean 50)
+    and more than a few aliases (a "billion laughs" document expands exponentially)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise yaml.composer.ComposerError(None, None, f"more than {MAX_YAML_ALIASES} aliases (*name)",
+                                                  self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first given on line {seen[key]})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; missing file, bad YAML and non-mapping documents are ConfigErrors."""
+    """Read a YAML mapping; missing file, bad YAML, duplicate keys, non-UTF-8 bytes and non-mapping
+    documents are ConfigErrors naming the file (and line)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read config file: {err.strerror or err}") from err
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {len(raw)} bytes; a config file is at most {MAX_CONFIG_BYTES} bytes")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); expected a "
+                          f"YAML text file") from err
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -27,6 +27,9 @@ from common.kmer_paths import MAX_KMER, SequenceKmerPath, WindowKmerPath
 from common.tasks import TASK_NAMES, get_task
 from common.tokenizer import PAD_ID, VOCAB_SIZE
 
+MODEL_LIMITS = {"d_model": 4096, "n_heads": 64, "n_layers": 64, "d_ff": 16384, "max_len": 65536,
+                "vocab_size": 1024, "motif_kernel": 101, "lora_rank": 256, "epigenetic_tracks": 64}
+
 
 class ModelConfigError(ValueError):
     """A model configuration that cannot build a model; names the field and the value."""
@@ -58,6 +61,12 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ModelConfigError(f"model.{name}: expected a positive integer, got {value!r}")
+        # Upper bounds: a config read from a checkpoint or sent by a server must not make us allocate
+        # gigabytes (max_len 2e9 would ask for a 1 TB position table).
+        for name, limit in MODEL_LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+                raise ModelConfigError(f"model.{name}: {value} is above the limit {limit}")
         if self.d_model % self.n_heads:
             raise ModelConfigError(
                 f"model.d_model: {self.d_model} is not divisible by model.n_heads {self.n_heads}")
@@ -77,6 +86,13 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def estimated_parameters(self) -> int:
+        """Parameters (and the position table's floats) this config builds, from its sizes alone."""
+        d, ff = self.d_model, self.d_ff
+        block = 4 * d * d + 2 * d * ff + 9 * d + ff
+        return (self.vocab_size * d + self.max_len * d + self.n_layers * block + d * d * self.motif_kernel
+                + 4 * d * d)
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:

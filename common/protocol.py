@@ -79,6 +79,7 @@ class Status(StrEnum):
     REJECTED = "rejected"  # the server's validation refused the update; never averaged
     FAILED = "failed"  # an error reply
     EVALUATED = "evaluated"  # a federated-evaluation reply
+    DECLINED = "declined"  # the institution does not share evaluation metrics (privacy.share_evaluation)
 
 
 class RunConfigKey(StrEnum):

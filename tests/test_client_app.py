@@ -105,9 +105,13 @@ def test_train_reply_holds_weights_and_aggregates_only(institution_file):
     assert set(content[p.ARRAYS].keys()) == {n for n in every if head_of(n) in (None, "promoter", "splice")}
 
 
-def test_evaluate_reply_holds_metrics_only(institution_file):
+def test_evaluate_reply_holds_metrics_only(institution_file, tmp_path):
     client_app._AGENTS.clear()
-    reply = client_app.app(request("evaluate"), context(institution_file))
+    sharing = yaml.safe_load(institution_file.read_text())  # federated evaluation is opt-in
+    sharing["privacy"]["share_evaluation"] = True
+    sharing.update(data_dir=str(institution_file.parent / "data"), state_dir=str(tmp_path / "state"))
+    (tmp_path / "sharing.yaml").write_text(yaml.safe_dump(sharing))
+    reply = client_app.app(request("evaluate"), context(tmp_path / "sharing.yaml"))
     assert not reply.has_error(), reply.error
     assert set(reply.content.keys()) == {p.METRICS, p.META}
     assert reply.content[p.METRICS][p.task_key("promoter", p.NUM_EXAMPLES)] == 10

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from client.agent import InstitutionAgent
+from client.privacy.ledger import BudgetExhausted
 from common.checkpoint import save_checkpoint, start_from
 from common.config import ConfigError, PrivacyConfig, TrainingConfig, load_federation, load_institution
 from common.data.cli import run_data_command
@@ -40,6 +41,13 @@ def model_and_training(path: Path | None, *, default_model: ModelConfig | None =
             federation.training if "training" in given else None, federation.init_checkpoint)
 
 
+EXIT_REFUSED = 3  # the privacy budget allows no (further) training
+
+
+class BudgetRefused(Exception):
+    """The institution's budget allows not even one epoch."""
+
+
 def train_locally(*, institution_file: Path, out_dir: Path, epochs: int, dp: bool,
                   config_file: Path | None = None) -> dict:
     """Train ``epochs`` local epochs, evaluate on the test split, save the model; returns metrics."""
@@ -59,6 +67,8 @@ def train_locally(*, institution_file: Path, out_dir: Path, epochs: int, dp: boo
         outcome = agent.train(model, run_id=run_id, server_round=epoch, num_rounds=epochs)
         if outcome.status == Status.REFUSED:
             console.print(f"[yellow]epoch {epoch}: {outcome.reason}; stopping[/yellow]")
+            if epochs_done == 0:  # nothing trained: write no model that looks like one
+                raise BudgetRefused(f"{institution.name}: {outcome.reason}; nothing trained, no model written")
             break
         epochs_done = epoch
         losses = ", ".join(f"{t} {v:.3f}" for t, v in outcome.losses.items())
@@ -116,6 +126,9 @@ def run_train_command(args: argparse.Namespace) -> int:
     try:
         result = train_locally(institution_file=args.institution, out_dir=args.out, epochs=args.epochs,
                                dp=not args.no_dp, config_file=args.config)
+    except (BudgetRefused, BudgetExhausted) as refused:  # e.g. another process spent the budget first
+        console.print(f"[red]refused:[/red] {refused}")
+        return EXIT_REFUSED
     except (ConfigError, ValueError, OSError) as err:
         console.print(f"[red]error:[/red] {err}")
         return 1

@@ -66,7 +66,10 @@ from client.privacy.ledger_file import (
     LedgerError,
     LedgerState,
     RoundEntry,
+    earlier_traces,
     exclusive_lock,
+    lock_path,
+    mark_created,
     read_state,
     remove_stale_temp_files,
     write_state,
@@ -122,13 +125,17 @@ class PrivacyLedger:
             raise ValueError(f"institution must be a non-empty string, got {institution!r}")
         path = Path(state_dir) / LEDGER_FILENAME
         path.parent.mkdir(parents=True, exist_ok=True)
+        had_lock = lock_path(path).exists()  # before we create it: a lock left by an earlier ledger
         with exclusive_lock(path):
             stored = read_state(path)
             if stored is None:
+                _refuse_to_restart(path, earlier_traces(path, had_lock=had_lock))
                 state = LedgerState(institution=institution, accountant=accountant, delta=float(delta),
                                budget_epsilon=float(budget_epsilon), created=time.time())
+                mark_created(path, institution)
             else:
                 _check_identity(path, stored, institution=institution, delta=delta, accountant=accountant)
+                mark_created(path, stored.institution)  # ledgers from before the marker existed get one
                 state = _with_budget(stored, float(budget_epsilon))
             if state != stored:
                 write_state(path, state)
@@ -322,6 +329,34 @@ class PrivacyLedger:
 
 
 # ---------------------------------------------------------------- small helpers
+
+
+def _refuse_to_restart(path: Path, traces: list[Path]) -> None:
+    if traces:
+        temps = [t for t in traces if t.name.endswith(".tmp")]
+        promote = (f" A temp file may hold the last ledger: check and restore it with `helixfed privacy "
+                   f"--state-dir {path.parent} --promote {temps[0]}`." if temps else "")
+        raise LedgerError(
+            f"{path}: no privacy ledger, but traces of an earlier one ({', '.join(t.name for t in traces)}); "
+            f"refusing to start again from epsilon 0.{promote} Restore the ledger from a backup if you have "
+            f"one; only if this institution never trained here, delete those files by hand.")
+
+
+def promote_temp_file(state_dir: str | os.PathLike[str], candidate: str | os.PathLike[str]) -> PrivacyLedger:
+    """Restore a ledger from a temp file a crash left behind, after verifying it (format, checksum,
+    history); refused when a ledger exists. The temp file is kept."""
+    path = Path(state_dir) / LEDGER_FILENAME
+    candidate = Path(candidate)
+    with exclusive_lock(path):
+        if path.exists():
+            raise LedgerError(f"{path}: a ledger exists; nothing to promote")
+        state = read_state(candidate)
+        if state is None:
+            raise LedgerError(f"{candidate}: no such file")
+        write_state(path, state)
+        mark_created(path, state.institution)
+    log.warning("%s: ledger restored from %s (epsilon %.4f)", path, candidate, PrivacyLedger(path, state).epsilon())
+    return PrivacyLedger(path, state)
 
 
 def _check_identity(path: Path, state: LedgerState, *, institution: str, delta: float, accountant: str) -> None:

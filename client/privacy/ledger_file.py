@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -234,10 +235,33 @@ def remove_stale_temp_files(path: Path) -> None:
             stale.unlink()
 
 
+CREATED_SUFFIX = ".created"  # written beside a ledger when it is first created; never removed
+
+
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + _LOCK_SUFFIX)
+
+
+def mark_created(path: Path, institution: str) -> None:
+    """Leave a lasting trace that a ledger was created here, so its loss is never taken for a new start."""
+    marker = path.with_name(path.name + CREATED_SUFFIX)
+    if not marker.exists():
+        atomic_write_text(marker, json.dumps({"institution": institution, "created": time.time()}) + "\n",
+                          mode=0o600)
+
+
+def earlier_traces(path: Path, *, had_lock: bool) -> list[Path]:
+    """What an earlier ledger at ``path`` leaves behind: its creation marker, its lock file (when it
+    existed before this process made one), temp files of interrupted writes."""
+    traces = [path.with_name(path.name + CREATED_SUFFIX)] + ([lock_path(path)] if had_lock else [])
+    traces = [t for t in traces if t.exists()]
+    return traces + sorted(path.parent.glob(f".{path.name}.*{_TMP_SUFFIX}"))
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: Path) -> Iterator[None]:
     """Serialise read-modify-write cycles between processes sharing one state directory."""
-    fd = os.open(path.with_name(path.name + _LOCK_SUFFIX), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel even if the process is killed
         yield

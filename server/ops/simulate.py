@@ -60,11 +60,37 @@ def ensure_data(config: FederationConfig) -> Path:
     return data_dir
 
 
-def forget_simulated_state(out: Path) -> None:
-    """``--fresh``: a new simulated world. The simulated institutions' ledgers, the checkpoints and
-    the outputs under ``out`` are deleted (generated data is kept). Never do this to a real
-    institution's state directory: its ledger is what keeps its privacy promise."""
-    for name in ("state", CHECKPOINT_DIR, FINAL_DIR, METRICS_FILE, AUDIT_FILE, REPORT_FILE, PLOTS_DIR):
+SIMULATED_MARKER = ".helixfed-simulated"  # in a state directory `helixfed simulate` created
+
+
+def simulated_state_dirs(config: FederationConfig) -> list[Path]:
+    return [config.institution(i).state_dir for i in range(len(config.institutions))
+            if config.institution(i).state_dir is not None]
+
+
+def mark_simulated_state(config: FederationConfig) -> None:
+    """Mark the state directories this simulation creates (new or empty ones only: a directory that
+    already holds something, such as a real institution's ledger, is never marked)."""
+    for state_dir in simulated_state_dirs(config):
+        if not state_dir.exists() or not any(state_dir.iterdir()):
+            state_dir.mkdir(parents=True, exist_ok=True)
+            (state_dir / SIMULATED_MARKER).write_text("created by helixfed simulate; --fresh may delete this "
+                                                      "directory\n")
+
+
+def forget_simulated_state(config: FederationConfig, out: Path) -> None:
+    """``--fresh``: a new simulated world. The ledgers of this federation's simulated institutions, the
+    checkpoints and the outputs under ``out`` are deleted (generated data is kept). A state directory
+    without the simulation's marker may hold a real institution's ledger: then nothing is deleted."""
+    doubtful = [d for d in simulated_state_dirs(config) if d.exists() and not (d / SIMULATED_MARKER).is_file()]
+    if doubtful:
+        raise ConfigError(f"--fresh: {doubtful[0]} was not created by `helixfed simulate` (no {SIMULATED_MARKER}); "
+                          f"it may hold a real institution's privacy ledger, so nothing was deleted. Remove it by "
+                          f"hand if you are sure, or choose another output directory")
+    for state_dir in simulated_state_dirs(config):
+        if state_dir.exists():
+            shutil.rmtree(state_dir)
+    for name in (CHECKPOINT_DIR, FINAL_DIR, METRICS_FILE, AUDIT_FILE, REPORT_FILE, PLOTS_DIR):
         path = out / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -81,7 +107,8 @@ def simulate(config_file: Path, *, rounds: int | None = None, out_dir: Path | No
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if fresh:
-        forget_simulated_state(out)
+        forget_simulated_state(config, out)
+    mark_simulated_state(config)
     if not resume:  # progress is read from this file: never show an older run's rounds
         MetricsLog(out).clear()
     ensure_data(config)

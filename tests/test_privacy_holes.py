@@ -1,0 +1,245 @@
+"""The privacy holes issue 14 found by probing, each closed and kept closed: what a reply may carry,
+ledgers never restarted from zero, `--fresh` scope, strict config files, bounded model configs,
+refusals that exit non-zero."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from client import app as client_app
+from client.commands.privacy import run_privacy
+from client.privacy.ledger import LEDGER_FILENAME, LedgerError, PrivacyLedger
+from common import protocol as p
+from common.cli import main as helixfed
+from common.config import ConfigError, FederationConfig, TrainingConfig, load_config, load_institution
+from common.data.writers import write_split_tables
+from common.model import GenomicTransformer, ModelConfig, ModelConfigError
+from common.synthetic.generator import generate
+from server.ops.simulate import SIMULATED_MARKER, forget_simulated_state, mark_simulated_state
+
+MODEL = ModelConfig(d_model=32, n_heads=4, n_layers=1, d_ff=64, dropout=0.0, max_len=192)
+TASKS = ("promoter", "coding")
+# Everything a train reply may say, besides the trained weights: the privacy accounting's own numbers
+# and the record count per task (disclosed metadata, README "Privacy model").
+TRAIN_METRIC_KEYS = {p.NUM_EXAMPLES, p.EPSILON, p.DELTA, p.BUDGET, p.REFUSED, p.NOISE_MULTIPLIER,
+                     *(p.task_key(t, p.NUM_EXAMPLES) for t in TASKS)}
+META_KEYS = {p.INSTITUTION, p.SPECIES, p.STATUS, p.REASON}
+
+
+def tree_hash(root: Path) -> dict:
+    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+@pytest.fixture
+def site(tmp_path) -> Path:
+    for i, task in enumerate(TASKS):
+        records = generate(task=task, species="mouse", n=40, seed=i, length=170).records
+        write_split_tables(tmp_path / "data" / task, {"train": records[:24], "val": records[24:32],
+                                                      "test": records[32:]})
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "jackson-lab", "species": "mouse", "tasks": list(TASKS), "data_dir": "data", "state_dir": "state",
+        "device": "cpu", "privacy": {"epsilon": 4.0, "delta": 1e-3, "noise_multiplier": 1.5},
+        "training": {"batch_size": 8, "learning_rate": 0.003}}))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
+    client_app._AGENTS.clear()
+    yield
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+
+
+def request(message_type: str, model_config: ModelConfig = MODEL) -> Message:
+    torch.manual_seed(0)
+    model = GenomicTransformer(MODEL, tasks=TASKS)
+    config = ConfigRecord({p.MODEL_CONFIG: json.dumps(model_config.to_dict()), p.TASKS: json.dumps(list(TASKS)),
+                           p.TRAINING: TrainingConfig().model_dump_json(), p.SERVER_ROUND: 1})
+    return Message(content=RecordDict({p.ARRAYS: ArrayRecord(model.state_dict()), p.CONFIG: config}),
+                   dst_node_id=7, message_type=message_type)
+
+
+def call(message_type: str, institution: Path, **kwargs) -> Message:
+    context = Context(run_id=1, node_id=7, node_config={"institution": str(institution)}, state=RecordDict(),
+                      run_config={})
+    return client_app.app(request(message_type, **kwargs), context)
+
+
+# ---------------------------------------------------------------- 1. nothing leaves outside the ledger
+
+
+def test_every_key_of_a_train_reply_is_accounted_for(site):
+    reply = call("train", site)
+
+    assert not reply.has_error(), reply.error
+    assert set(reply.content.keys()) == {p.ARRAYS, p.METRICS, p.META}
+    assert set(reply.content[p.METRICS].keys()) == TRAIN_METRIC_KEYS  # no training loss, nothing else
+    assert set(reply.content[p.META].keys()) == META_KEYS
+
+
+def test_evaluation_metrics_leave_only_when_the_institution_opts_in(site):
+    declined = call("evaluate", site)
+    assert set(declined.content.keys()) == {p.META}
+    assert declined.content[p.META][p.STATUS] == p.Status.DECLINED
+
+    config = yaml.safe_load(site.read_text())
+    config["privacy"]["share_evaluation"] = True
+    site.write_text(yaml.safe_dump(config))
+    client_app._AGENTS.clear()
+    shared = call("evaluate", site)
+    assert shared.content[p.META][p.STATUS] == p.Status.EVALUATED
+    assert shared.content[p.METRICS][p.task_key("promoter", p.NUM_EXAMPLES)] == 8
+    assert FederationConfig().federation.fraction_evaluate == 0.0  # the server does not even ask by default
+
+
+# ---------------------------------------------------------------- 2. a lost ledger is not a new start
+
+
+def trained_ledger(state: Path) -> float:
+    ledger = PrivacyLedger.open(state, institution="lab-a", budget_epsilon=8.0, delta=1e-5)
+    ledger.record_round(run_id="r", round=1, noise_multiplier=1.0, sample_rate=0.01, steps=1000)
+    return ledger.epsilon()
+
+
+def test_a_deleted_ledger_is_never_restarted_from_zero(tmp_path):
+    trained_ledger(tmp_path)
+    (tmp_path / LEDGER_FILENAME).unlink()
+    before = tree_hash(tmp_path)
+
+    with pytest.raises(LedgerError, match="traces of an earlier one .* refusing to start again from epsilon 0"):
+        PrivacyLedger.open(tmp_path, institution="lab-a", budget_epsilon=8.0, delta=1e-5)
+    assert tree_hash(tmp_path) == before and not (tmp_path / LEDGER_FILENAME).exists()
+
+
+def test_a_crash_left_temp_file_is_kept_and_can_be_promoted_after_verification(tmp_path, capsys):
+    epsilon = trained_ledger(tmp_path)
+    temp = tmp_path / f".{LEDGER_FILENAME}.k3x9.tmp"
+    (tmp_path / LEDGER_FILENAME).rename(temp)  # killed between writing the temp file and the rename
+
+    with pytest.raises(LedgerError, match=r"--promote .*k3x9\.tmp"):
+        PrivacyLedger.open(tmp_path, institution="lab-a", budget_epsilon=8.0, delta=1e-5)
+    assert temp.exists()
+    args = type("Args", (), {"state_dir": str(tmp_path), "json": True, "promote": str(temp)})()
+    assert run_privacy(args) == 0
+    assert json.loads(capsys.readouterr().out)["epsilon"] == pytest.approx(epsilon)
+    assert PrivacyLedger.open(tmp_path, institution="lab-a", budget_epsilon=8.0, delta=1e-5).epsilon() == epsilon
+
+
+def test_a_tampered_temp_file_is_not_promoted(tmp_path):
+    trained_ledger(tmp_path)
+    temp = tmp_path / f".{LEDGER_FILENAME}.a1.tmp"
+    document = json.loads((tmp_path / LEDGER_FILENAME).read_text())
+    document["payload"]["history"] = []
+    temp.write_text(json.dumps(document))
+    (tmp_path / LEDGER_FILENAME).unlink()
+
+    args = type("Args", (), {"state_dir": str(tmp_path), "json": False, "promote": str(temp)})()
+    assert run_privacy(args) == 1
+    assert not (tmp_path / LEDGER_FILENAME).exists()
+
+
+def test_a_fresh_state_directory_starts_at_zero_and_leaves_a_marker(tmp_path):
+    ledger = PrivacyLedger.open(tmp_path / "new", institution="lab-a", budget_epsilon=8.0, delta=1e-5)
+    assert ledger.epsilon() == 0.0
+    assert (tmp_path / "new" / f"{LEDGER_FILENAME}.created").is_file()
+
+
+# ---------------------------------------------------------------- 3. --fresh deletes only what it made
+
+
+def test_fresh_deletes_only_this_simulations_state(tmp_path):
+    config = FederationConfig.model_validate({
+        "tasks": ["promoter"], "output_dir": str(tmp_path / "run"),
+        "institutions": [{"name": "sim-a", "species": "human", "tasks": ["promoter"]}]})
+    config = config.resolved(tmp_path, file_dir=tmp_path)
+    other = tmp_path / "run" / "state" / "not-in-this-federation"
+    other.mkdir(parents=True)
+    (other / LEDGER_FILENAME).write_text("a real ledger")
+    mark_simulated_state(config)
+    own = config.institution(0).state_dir
+    (own / LEDGER_FILENAME).write_text("simulated")
+
+    forget_simulated_state(config, tmp_path / "run")
+
+    assert not own.exists() and (other / LEDGER_FILENAME).read_text() == "a real ledger"
+
+
+def test_fresh_refuses_a_state_directory_it_did_not_create(tmp_path):
+    config = FederationConfig.model_validate({
+        "tasks": ["promoter"], "output_dir": str(tmp_path / "run"),
+        "institutions": [{"name": "real-lab", "species": "human", "tasks": ["promoter"]}]}
+    ).resolved(tmp_path, file_dir=tmp_path)
+    state = config.institution(0).state_dir
+    state.mkdir(parents=True)
+    (state / LEDGER_FILENAME).write_text("a real ledger")
+    mark_simulated_state(config)  # never marks a directory that already holds something
+    before = tree_hash(tmp_path)
+
+    with pytest.raises(ConfigError, match=rf"{state}.* not created by `helixfed simulate`"):
+        forget_simulated_state(config, tmp_path / "run")
+    assert tree_hash(tmp_path) == before and not (state / SIMULATED_MARKER).exists()
+
+
+# ---------------------------------------------------------------- 4. config files are read strictly
+
+
+@pytest.mark.parametrize("text, message", [
+    ("privacy: {epsilon: 1.0, epsilon: 50.0}\n", r"line 1.*duplicate key 'epsilon'"),
+    ("name: a\nspecies: human\nname: b\n", r"line 3.*duplicate key 'name' \(first given on line 1\)"),
+    ("a: &x [1, 2]\n" + "".join(f"b{i}: *x\n" for i in range(70)), "more than 64 aliases"),
+])
+def test_duplicate_keys_and_alias_bombs_are_refused_naming_file_and_line(tmp_path, text, message):
+    path = tmp_path / "institution.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"institution\.yaml:.*{message}"):
+        load_institution(path)
+
+
+def test_a_binary_config_names_the_file_and_line(tmp_path):
+    path = tmp_path / "federation.yaml"
+    path.write_bytes(b"name: demo\nseed: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"federation\.yaml: line 2: not UTF-8 text \(byte 0xff\)"):
+        load_config(path, FederationConfig)
+
+
+# ---------------------------------------------------------------- 6. bounded model configs
+
+
+@pytest.mark.parametrize("field, value", [("max_len", 2_000_000_000), ("d_model", 1 << 20), ("n_layers", 10_000),
+                                          ("motif_kernel", 1001)])
+def test_model_sizes_are_bounded(field, value):
+    with pytest.raises(ModelConfigError, match=rf"model\.{field}: {value} is above the limit"):
+        ModelConfig.from_dict({**MODEL.to_dict(), field: value})
+
+
+def test_an_agent_refuses_a_model_past_its_own_limit_before_building_it(site):
+    huge = ModelConfig(d_model=1024, n_heads=8, n_layers=48, d_ff=4096, max_len=192)
+    with pytest.raises(ValueError, match="about 609,017,856 parameters; this agent's limit .* 50,000,000"):
+        call("train", site, model_config=huge)  # Flower turns the exception into an error reply
+    assert PrivacyLedger.load(site.parent / "state").rounds == ()  # nothing trained, nothing spent
+
+
+# ---------------------------------------------------------------- 8. refusals exit non-zero
+
+
+def test_train_with_no_budget_left_exits_3_and_writes_no_model(site, tmp_path):
+    config = yaml.safe_load(site.read_text())
+    config["privacy"] = {"epsilon": 0.01, "delta": 1e-3, "noise_multiplier": 0.5}
+    site.write_text(yaml.safe_dump(config))
+
+    assert helixfed(["train", "--institution", str(site), "--out", str(tmp_path / "out"), "--epochs", "1"]) == 3
+    assert not (tmp_path / "out" / "final").exists()
+    assert os.path.exists(site.parent / "state")  # the ledger is there, at zero: nothing was spent
