@@ -254,8 +254,10 @@ def prepare(work: Path, rounds: int) -> Path:
     data = work / "data"
     for institution in config["institutions"]:
         institution["data_dir"] = str(data / institution["name"])
+        institution["privacy"] = {**institution.get("privacy", {}), "share_evaluation": True}
     config.update(name="overhead", data_dir=str(data), output_dir=str(work / "simulated"))
-    config["federation"].update(rounds=rounds, min_train_institutions=2, min_available_institutions=2)
+    config["federation"].update(rounds=rounds, min_train_institutions=2, min_available_institutions=2,
+                                fraction_evaluate=1.0)  # as the recorded runs did (now opt-in)
     path = work / "simulated.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     ensure_data(load_federation(path))
@@ -271,8 +273,9 @@ def deployment_files(sim_config: Path, out: Path, *, evaluate: bool) -> tuple[Pa
     institutions = config.pop("institutions")
     data = Path(config.pop("data_dir"))
     config.pop("data")
-    if not evaluate:
-        config["federation"]["fraction_evaluate"] = 0.0
+    # Federated evaluation is opt-in on both sides (issue 14): the measured variants ask for it and the
+    # institutions share it, as every run did when these numbers were first recorded.
+    config["federation"]["fraction_evaluate"] = 1.0 if evaluate else 0.0
     config.update(output_dir=str(out / "run"), central_evaluation={**config.get("central_evaluation", {}),
                                                                      "data_dir": str(data / "central")})
     out.mkdir(parents=True, exist_ok=True)
@@ -281,6 +284,7 @@ def deployment_files(sim_config: Path, out: Path, *, evaluate: bool) -> tuple[Pa
     files = []
     for entry in institutions:
         entry = {**entry, "state_dir": str(out / "state" / entry["name"]), "device": "cpu"}
+        entry["privacy"] = {**entry.get("privacy", {}), "share_evaluation": evaluate}
         files.append(out / f"{entry['name']}.yaml")
         files[-1].write_text(yaml.safe_dump(entry, sort_keys=False))
     return federation, files
