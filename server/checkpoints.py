@@ -4,6 +4,7 @@ atomically; a round checkpoint carries the metrics history so a resumed run rest
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 from pathlib import Path
@@ -11,12 +12,21 @@ from pathlib import Path
 from common.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from common.config import FederationConfig
 from common.model import GenomicTransformer
-from common.protocol import RoundMetrics
+from common.protocol import RoundMetrics, Status
 
 CHECKPOINT_DIR = "checkpoints"
 FINAL_DIR = "final"
 KEEP_CHECKPOINTS = 3
 _ROUND_DIR = re.compile(r"^round-(\d{4,})$")
+
+
+def trained_privacy(history: list[RoundMetrics]) -> dict:
+    """Whether every update averaged into the model was trained under DP (a finite budget), so that
+    a model built from any non-DP update is never served as private (server/service/security.py)."""
+    budgets = [r.budget for line in history for r in line.institutions.values() if r.status == Status.TRAINED]
+    return {"dp": all(b is not None and math.isfinite(b) for b in budgets) if budgets else None,  # None: untrained
+            "institutions_trained": sorted({n for line in history for n, r in line.institutions.items()
+                                            if r.status == Status.TRAINED})}
 
 
 class RunCheckpoints:
@@ -54,16 +64,17 @@ class RunCheckpoints:
         path = save_checkpoint(self.directory / f"round-{server_round:04d}", weights=model.state_dict(),
                                model_config=config.model, tasks=config.tasks, round=server_round,
                                state={"metrics": [line.to_json() for line in history],
-                                      "config": config.model_dump(mode="json")})
+                                      "config": config.model_dump(mode="json"), "privacy": trained_privacy(history)})
         for old in sorted(self.directory.glob("round-*"))[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return path
 
     def save_final(self, model: GenomicTransformer, config: FederationConfig, server_round: int,
-                   last: RoundMetrics | None) -> Path:
+                   history: list[RoundMetrics]) -> Path:
         return save_checkpoint(self.final_dir, weights=model.state_dict(), model_config=config.model,
                                tasks=config.tasks, round=server_round,
-                               state={"metrics": [last.to_json()] if last else []})
+                               state={"metrics": [history[-1].to_json()] if history else [],
+                                      "privacy": trained_privacy(history)})
 
     def forget_final(self) -> None:
         """A fresh run must not leave an older run's model looking like its result."""

@@ -150,8 +150,7 @@ class FederationRun:
     def _finish(self) -> None:
         from server.report import write_report
 
-        final = self.checkpoints.save_final(self.model, self.config, self.num_rounds,
-                                            self.history[-1] if self.history else None)
+        final = self.checkpoints.save_final(self.model, self.config, self.num_rounds, self.history)
         report = write_report(self.config.output_dir, self.history, self.config, central=self.central)
         self.audit("run_finished", {"final": str(final), "report": str(report)})
 

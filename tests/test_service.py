@@ -172,7 +172,7 @@ def test_model_info(stub, checkpoint_dir):
     assert list(info.tasks[1].class_names) == ["neither", "donor", "acceptor"]
     assert (info.round, info.num_layers, info.num_heads) == (4, 2, 4)
     assert (info.max_batch, info.max_length) == (MAX_BATCH, MAX_LENGTH)
-    assert info.checkpoint == str(checkpoint_dir)
+    assert info.checkpoint == checkpoint_dir.name == "final"  # a name: no filesystem path leaves
     assert '"d_model": 32' in info.model_config_json
 
 
@@ -348,3 +348,58 @@ def test_serve_command_stops_gracefully_on_sigterm(checkpoint_dir):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+# ---------------------------------------------------------------- transport, callers, what may be served
+
+
+def test_tls_and_a_token_admit_only_the_holder(model, tmp_path):
+    from server.ops.certs import write_federation_certs
+
+    write_federation_certs(out_dir=tmp_path / "tls", server_name="localhost", ips=["127.0.0.1"])
+    token = "s3cret-token-for-tests-only"
+    loaded, checkpoint = model
+    running = start_server(model=loaded, checkpoint=checkpoint, port=0, tls_dir=tmp_path / "tls", token=token)
+    address = f"localhost:{running.port}"
+    try:
+        probabilities = client.query(address=address, task="promoter", sequences=["ACGTACGT"], timeout=30,
+                                     root_certificates=tmp_path / "tls" / "ca.crt", token=token)
+        assert probabilities[0].sum() == pytest.approx(1.0)
+        for wrong in (None, "not-the-token-at-all"):
+            with pytest.raises(grpc.RpcError) as refused:
+                client.query(address=address, task="promoter", sequences=["ACGT"], timeout=30,
+                             root_certificates=tmp_path / "tls" / "ca.crt", token=wrong)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as plaintext:  # an insecure client cannot talk to a TLS server
+            client.query(address=address, task="promoter", sequences=["ACGT"], timeout=5, token=token)
+        assert plaintext.value.code() == grpc.StatusCode.UNAVAILABLE
+        channel, _ = client.connect(address, root_certificates=tmp_path / "tls" / "ca.crt")
+        with channel:  # the health check stays open for load balancers
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        running.stop(grace=1.0)
+
+
+def test_a_non_dp_checkpoint_is_refused_unless_the_operator_allows_it(tmp_path, capsys):
+    from server.service.server import main as serve
+
+    config = ModelConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, dropout=0.0, max_len=64)
+    weights = GenomicTransformer(config, tasks=("promoter",)).state_dict()
+    path = save_checkpoint(tmp_path / "local", weights=weights, model_config=config, tasks=("promoter",), round=1,
+                           state={"local_training": {"dp": False, "epsilon": 0.0}})
+
+    assert serve(["--checkpoint", str(path), "--port", "0"]) == 1
+    assert "trained without DP" in capsys.readouterr().err
+
+    from common.checkpoint import load_checkpoint
+    from common.protocol import InstitutionRound, RoundMetrics, Status
+    from server.checkpoints import trained_privacy
+    from server.service.security import model_privacy
+
+    mixed = [RoundMetrics(1, {}, institutions={"a": InstitutionRound("human", Status.TRAINED, budget=8.0),
+                                               "b": InstitutionRound("mouse", Status.TRAINED, budget=None)})]
+    federated = save_checkpoint(tmp_path / "fed", weights=weights, model_config=config, tasks=("promoter",),
+                                round=1, state={"privacy": trained_privacy(mixed)})
+    assert model_privacy(load_checkpoint(federated)) == "non-dp"
+    assert trained_privacy(mixed[:0])["dp"] is None

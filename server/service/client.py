@@ -8,9 +8,11 @@ Prints the same TSV as ``helixfed predict`` (ids are ``seq1``, ``seq2``, ... in 
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -19,16 +21,45 @@ from common.analysis.files import prediction_header, prediction_rows
 from common.tasks import TASKS, declare_task, get_task
 from server.service import helixfed_pb2 as pb
 from server.service import helixfed_pb2_grpc as pb_grpc
+from server.service.security import channel_credentials, read_token
 
 # Attention maps of long sequences run to a few MB; the gRPC default receive limit is 4 MB.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS = (("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),)
 
 
-def connect(address: str) -> tuple[grpc.Channel, pb_grpc.HelixfedStub]:
-    """An insecure channel to ``address`` (``HOST:PORT``) and a stub on it; close the channel when done."""
-    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+def connect(address: str, *, root_certificates: Path | None = None,
+            token: str | None = None) -> tuple[grpc.Channel, pb_grpc.HelixfedStub]:
+    """A channel to ``address`` (``HOST:PORT``) and a stub on it; close the channel when done.
+
+    ``root_certificates``: the CA (``ca.crt``) to verify a TLS server with; None: insecure.
+    ``token``: sent as ``authorization: Bearer <token>`` with every call.
+    """
+    if root_certificates is None:
+        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    else:
+        channel = grpc.secure_channel(address, channel_credentials(root_certificates), options=CHANNEL_OPTIONS)
+    if token:
+        channel = grpc.intercept_channel(channel, _BearerToken(token))
     return channel, pb_grpc.HelixfedStub(channel)
+
+
+class _CallDetails(collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials",
+                                                          "wait_for_ready", "compression")),
+                   grpc.ClientCallDetails):
+    pass
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor):
+    """Adds ``authorization: Bearer <token>`` to every call (every Helixfed RPC is unary)."""
+
+    def __init__(self, token: str):
+        self.metadata = (("authorization", f"Bearer {token}"),)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        metadata = tuple(details.metadata or ()) + self.metadata
+        return continuation(_CallDetails(details.method, details.timeout, metadata, details.credentials,
+                                         details.wait_for_ready, details.compression), request)
 
 
 def response_probabilities(task: str, response: pb.PredictResponse) -> list[np.ndarray]:
@@ -39,7 +70,8 @@ def response_probabilities(task: str, response: pb.PredictResponse) -> list[np.n
     return [np.array(prediction.probabilities) for prediction in response.predictions]
 
 
-def query(*, address: str, task: str, sequences: Sequence[str], timeout: float = 30.0) -> list[np.ndarray]:
+def query(*, address: str, task: str, sequences: Sequence[str], timeout: float = 30.0,
+          root_certificates: Path | None = None, token: str | None = None) -> list[np.ndarray]:
     """Predict ``sequences`` on the server at ``address``.
 
     Returns:
@@ -48,7 +80,7 @@ def query(*, address: str, task: str, sequences: Sequence[str], timeout: float =
     Raises:
         grpc.RpcError: the server refused the request (e.g. INVALID_ARGUMENT) or could not be reached.
     """
-    channel, stub = connect(address)
+    channel, stub = connect(address, root_certificates=root_certificates, token=token)
     with channel:
         if task not in TASKS:  # a task the federation declared: the served model says what it is
             learn_tasks(stub.ModelInfo(pb.ModelInfoRequest(), timeout=timeout))
@@ -73,6 +105,9 @@ def add_query_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--sequence", action="append", required=True, metavar="SEQ",
                         help="a sequence to predict (repeatable)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer")
+    parser.add_argument("--root-certificates", type=Path, default=None, metavar="CA",
+                        help="the CA certificate (ca.crt) of a TLS server")
+    parser.add_argument("--token-file", type=Path, default=None, help="file holding the server's bearer token")
     parser.set_defaults(func=run_query)
     return parser
 
@@ -80,7 +115,12 @@ def add_query_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 def run_query(args: argparse.Namespace) -> int:
     """``helixfed query``; 0 on success, 1 when the server refuses or cannot be reached."""
     try:
-        probabilities = query(address=args.server, task=args.task, sequences=args.sequence, timeout=args.timeout)
+        probabilities = query(address=args.server, task=args.task, sequences=args.sequence, timeout=args.timeout,
+                              root_certificates=args.root_certificates,
+                              token=read_token(args.token_file) if args.token_file else None)
+    except (OSError, ValueError) as err:
+        print(f"helixfed query: error: {err}", file=sys.stderr)
+        return 1
     except grpc.RpcError as err:
         print(f"helixfed query: error: {err.code().name}: {err.details()}", file=sys.stderr)
         return 1

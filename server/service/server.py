@@ -53,6 +53,13 @@ from common.tasks import get_task
 from common.tokenizer import SequenceError, encode
 from server.service import helixfed_pb2 as pb
 from server.service import helixfed_pb2_grpc as pb_grpc
+from server.service.security import (
+    TokenInterceptor,
+    is_loopback,
+    model_privacy,
+    read_token,
+    server_credentials,
+)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Helixfed"].full_name  # "helixfed.v1.Helixfed"
 logger = logging.getLogger(__name__)
@@ -212,7 +219,7 @@ class HelixfedService(pb_grpc.HelixfedServicer):
             tasks=tasks, model_config_json=json.dumps(config.to_dict(), sort_keys=True),
             num_parameters=self.model.num_parameters(), round=self.checkpoint.round, num_layers=config.n_layers,
             num_heads=config.n_heads, max_batch=self.limits.max_batch, max_length=self.limits.max_length,
-            high_impact_threshold=HIGH_IMPACT_THRESHOLD, checkpoint=str(self.checkpoint.path))
+            high_impact_threshold=HIGH_IMPACT_THRESHOLD, checkpoint=self.checkpoint.path.name)  # a name, no path
 
 
 def _check_sequences_at(sequence: str, index: int, item: str, limits: ServiceLimits) -> None:
@@ -257,13 +264,16 @@ class RunningServer:
 
 
 def start_server(*, model: GenomicTransformer, checkpoint: Checkpoint, host: str = "127.0.0.1", port: int = 0,
-                 limits: ServiceLimits | None = None) -> RunningServer:
+                 limits: ServiceLimits | None = None, tls_dir: Path | None = None,
+                 token: str | None = None) -> RunningServer:
     """Start serving ``model`` on ``host:port`` (port 0: any free port), in background threads.
 
     Args:
         model, checkpoint: from :func:`common.checkpoint.load_model`.
-        host, port: where to listen (insecure channel: put TLS in front for anything but loopback).
+        host, port: where to listen.
         limits: :class:`ServiceLimits` (default: their defaults, max_length capped at the model's max_len).
+        tls_dir: ``server.crt`` and ``server.key`` (``helixfed certs``): TLS; None: an insecure channel.
+        token: callers must send ``authorization: Bearer <token>`` (the health check excepted).
 
     Returns:
         :class:`RunningServer`.
@@ -274,14 +284,16 @@ def start_server(*, model: GenomicTransformer, checkpoint: Checkpoint, host: str
     limits = limits or ServiceLimits(max_length=min(ServiceLimits.max_length, model.config.max_len))
     service = HelixfedService(model=model, checkpoint=checkpoint, limits=limits)
     server = grpc.server(ThreadPoolExecutor(max_workers=limits.max_workers, thread_name_prefix="helixfed-rpc"),
-                         maximum_concurrent_rpcs=limits.max_concurrent_rpcs)
+                         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+                         interceptors=[TokenInterceptor(token)] if token else None)
     pb_grpc.add_HelixfedServicer_to_server(service, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(address)
+    bound = (server.add_secure_port(address, server_credentials(tls_dir)) if tls_dir is not None
+             else server.add_insecure_port(address))
     if bound == 0:
         raise RuntimeError(f"cannot listen on {address}")
     server.start()
@@ -307,6 +319,12 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--max-concurrent-rpcs", type=int, default=defaults.max_concurrent_rpcs,
                         help="RPCs admitted at once; more are refused with RESOURCE_EXHAUSTED")
     parser.add_argument("--grace", type=float, default=5.0, help="seconds in-flight RPCs get at shutdown")
+    parser.add_argument("--tls-dir", type=Path, default=None,
+                        help="serve TLS with server.crt/server.key from `helixfed certs` (clients trust ca.crt)")
+    parser.add_argument("--token-file", type=Path, default=None,
+                        help="require 'authorization: Bearer <token>' on every RPC but the health check")
+    parser.add_argument("--allow-non-dp", action="store_true",
+                        help="serve a checkpoint trained without DP (it carries no privacy guarantee)")
     parser.set_defaults(func=run_serve)
     return parser
 
@@ -318,15 +336,28 @@ def run_serve(args: argparse.Namespace) -> int:
         max_length = args.max_length or min(ServiceLimits.max_length, model.config.max_len)
         limits = ServiceLimits(max_batch=args.max_batch, max_length=max_length, max_workers=args.max_workers,
                                max_concurrent_rpcs=args.max_concurrent_rpcs)
-        running = start_server(model=model, checkpoint=checkpoint, host=args.host, port=args.port, limits=limits)
+        privacy = model_privacy(checkpoint)
+        if privacy == "non-dp" and not args.allow_non_dp:
+            raise ValueError(f"{args.checkpoint}: trained without DP; such a model must not leave the institution "
+                             f"(pass --allow-non-dp to serve it anyway, knowing it carries no privacy guarantee)")
+        token = read_token(args.token_file) if args.token_file else None
+        running = start_server(model=model, checkpoint=checkpoint, host=args.host, port=args.port, limits=limits,
+                               tls_dir=args.tls_dir, token=token)
     except (ValueError, OSError, RuntimeError) as err:
         print(f"helixfed serve: error: {err}", file=sys.stderr)
         return 1
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    if args.tls_dir is None and not is_loopback(args.host):
+        print(f"helixfed serve: WARNING: insecure channel on {args.host}, reachable beyond this machine: anyone "
+              f"on the network can read the sequences sent and the answers; use --tls-dir (and --token-file)",
+              file=sys.stderr, flush=True)
+    if privacy != "dp":
+        print(f"helixfed serve: note: this checkpoint's privacy is {privacy!r}", file=sys.stderr, flush=True)
     print(f"helixfed serve: listening on {args.host}:{running.port} (tasks: {', '.join(model.tasks)}; "
-          f"max batch {limits.max_batch}, max length {limits.max_length})", flush=True)
+          f"max batch {limits.max_batch}, max length {limits.max_length}; "
+          f"{'TLS' if args.tls_dir else 'insecure'}{', token' if token else ''})", flush=True)
     while not stop.wait(0.5):  # short waits keep the main thread responsive to signals
         pass
     running.stop(args.grace)

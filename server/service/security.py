@@ -1,0 +1,101 @@
+"""Who may talk to the evaluation service, and which models it may serve.
+
+* Transport: TLS with the server certificate ``helixfed certs`` writes (``server.crt``/``server.key``
+  under ``--tls-dir``); clients verify it against ``ca.crt``. Without ``--tls-dir`` the channel is
+  insecure, fine on loopback; anywhere else ``helixfed serve`` warns loudly.
+* Callers: with ``--token-file`` every RPC but the health check must carry ``authorization: Bearer
+  <token>`` (compared in constant time); a missing or wrong token is UNAUTHENTICATED.
+* Models: a checkpoint trained without DP (``helixfed train --no-dp``, or a federation in which an
+  institution trained without DP) must not leave the institution: it is refused unless the operator
+  says ``--allow-non-dp``. Pre-trained checkpoints saw public sequence only and may be served.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import math
+from pathlib import Path
+
+import grpc
+
+from common.checkpoint import Checkpoint
+
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+PRETRAINING_STATE = "pretraining"  # server/pretraining.py's STATE_KEY (server.service stays light)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def model_privacy(checkpoint: Checkpoint) -> str:
+    """``dp``, ``non-dp``, ``public`` (pre-trained on public sequence) or ``unknown`` (no record)."""
+    state = checkpoint.state or {}
+    local = state.get("local_training")
+    if isinstance(local, dict) and "dp" in local:
+        return "dp" if local["dp"] else "non-dp"
+    if PRETRAINING_STATE in state:
+        return "public"
+    recorded = state.get("privacy")  # a federation's checkpoints (server/checkpoints.py trained_privacy)
+    if isinstance(recorded, dict) and recorded.get("dp") is not None:
+        return "dp" if recorded["dp"] else "non-dp"
+    trained = []
+    for line in state.get("metrics") or []:
+        for info in (line.get("institutions") or {}).values() if isinstance(line, dict) else ():
+            if isinstance(info, dict) and info.get("status") == "trained":
+                trained.append(info.get("budget"))
+    if not trained:
+        return "unknown"
+    private = all(isinstance(b, (int, float)) and math.isfinite(b) for b in trained)
+    return "dp" if private else "non-dp"
+
+
+def server_credentials(tls_dir: Path) -> grpc.ServerCredentials:
+    key, cert = (tls_dir / "server.key").read_bytes(), (tls_dir / "server.crt").read_bytes()
+    return grpc.ssl_server_credentials([(key, cert)])
+
+
+def channel_credentials(root_certificates: Path) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(root_certificates=root_certificates.read_bytes())
+
+
+def read_token(path: Path) -> str:
+    token = path.read_text().strip()
+    if len(token) < 16:
+        raise ValueError(f"{path}: a token of at least 16 characters is expected (got {len(token)})")
+    return token
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Admit an RPC only with ``authorization: Bearer <token>``; the health check stays open."""
+
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation, handler_call_details):
+        if handler_call_details.method.startswith(HEALTH_PREFIX):
+            return continuation(handler_call_details)
+        given = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(str(given).encode(), self._expected):
+            return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        return _denied_like(handler)
+
+
+def _deny(request, context: grpc.ServicerContext):
+    context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token (authorization: Bearer <token>)")
+
+
+def _denied_like(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    make = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+    return make[(handler.request_streaming, handler.response_streaming)](
+        _deny, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
