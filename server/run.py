@@ -86,6 +86,7 @@ class FederationRun:
             log.warning("resume requested but %s holds no checkpoint: starting at round 1", self.config.output_dir)
             return
         checkpoint, self.history = found
+        self.strategy.remember_epsilons(self.history)
         self.model.load_state_dict(checkpoint.weights, strict=True)
         self.start_round = checkpoint.round + 1
         self.metrics.rewrite(self.history)

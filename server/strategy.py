@@ -87,6 +87,17 @@ class SpeciesFedAvg(FedAvg):
         self.min_train_institutions = min_train_institutions
         self.global_weights: dict[str, np.ndarray] = {}
         self.rounds: dict[int, RoundRecord] = {}
+        # Each institution's largest ε reported so far in this run (restored on resume): ε is
+        # cumulative, so a smaller one means the ledger was rolled back or edited.
+        self.epsilon_seen: dict[str, tuple[float, int]] = {}
+        self._current_round = 0
+
+    def remember_epsilons(self, history: Iterable) -> None:
+        """Seed :attr:`epsilon_seen` from a resumed run's metrics history."""
+        for line in history:
+            for name, info in line.institutions.items():
+                if info.epsilon is not None and info.epsilon > self.epsilon_seen.get(name, (-1.0, 0))[0]:
+                    self.epsilon_seen[name] = (info.epsilon, line.round)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:
@@ -106,6 +117,7 @@ class SpeciesFedAvg(FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         record = self.rounds.setdefault(server_round, RoundRecord())
+        self._current_round = server_round
         updates = []
         for msg in replies:
             report, update = self._sort_reply(msg)
@@ -140,10 +152,13 @@ class SpeciesFedAvg(FedAvg):
             examples={t: int(m.get(p.NUM_EXAMPLES, 0)) for t, m in per_task.items()},
             epsilon=_float(metrics, p.EPSILON), delta=_float(metrics, p.DELTA), budget=_float(metrics, p.BUDGET),
             loss={t: m[p.LOSS] for t, m in per_task.items() if p.LOSS in m}, reason=reason)
-        if status == Status.REFUSED:
+        rolled_back = self._epsilon_went_down(institution, report.epsilon)
+        if status == Status.REFUSED and not rolled_back:
             log.info("%s refused to train: %s", institution, reason)
             return report, None
         try:
+            if rolled_back:
+                raise UpdateRejected(rolled_back)
             if status_text != Status.TRAINED:
                 raise UpdateRejected(f"{institution}: unexpected status {status_text!r}")
             update = self._update_from(msg, report)
@@ -167,6 +182,20 @@ class SpeciesFedAvg(FedAvg):
         validate_update(weights, self.global_weights, institution=report.institution,
                         max_update_norm=self.aggregation.max_update_norm, expected=expected)
         return Update(report.institution, report.species, weights, report.examples)
+
+    def _epsilon_went_down(self, institution: str, epsilon: float | None) -> str:
+        """The reason to reject a reply whose cumulative ε is below one this institution reported
+        before in this run ("" when it is not); otherwise remember the new largest ε."""
+        if epsilon is None or not np.isfinite(epsilon):
+            return ""
+        seen, seen_round = self.epsilon_seen.get(institution, (-1.0, 0))
+        if epsilon < seen - 1e-9:
+            log.error("%s reports epsilon %.6f, below the %.6f it reported in round %d", institution, epsilon,
+                      seen, seen_round)
+            return (f"{institution}: cumulative epsilon {epsilon:.6f} is below the {seen:.6f} it reported in round "
+                    f"{seen_round}: its privacy ledger was rolled back or edited")
+        self.epsilon_seen[institution] = (epsilon, self._current_round)
+        return ""
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Federated evaluation: per task, example-weighted means of the institutions' metrics."""

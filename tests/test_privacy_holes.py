@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client import app as client_app
 from client.commands.privacy import run_privacy
@@ -243,3 +243,34 @@ def test_train_with_no_budget_left_exits_3_and_writes_no_model(site, tmp_path):
     assert helixfed(["train", "--institution", str(site), "--out", str(tmp_path / "out"), "--epochs", "1"]) == 3
     assert not (tmp_path / "out" / "final").exists()
     assert os.path.exists(site.parent / "state")  # the ledger is there, at zero: nothing was spent
+
+
+# ---------------------------------------------------------------- 7. a ledger rolled back is caught
+
+
+def test_the_server_rejects_an_institution_whose_epsilon_went_down():
+    from common.config import AggregationSection
+    from server.strategy import SpeciesFedAvg
+
+    model = GenomicTransformer(MODEL, tasks=("promoter",))
+    strategy = SpeciesFedAvg(aggregation=AggregationSection(), min_train_institutions=1)
+    strategy.set_global(ArrayRecord(model.state_dict()))
+
+    def reply(name: str, epsilon: float) -> Message:
+        ask = Message(content=RecordDict({p.CONFIG: ConfigRecord({p.SERVER_ROUND: 1})}), dst_node_id=7,
+                      message_type="train")
+        metrics = {p.NUM_EXAMPLES: 10, p.EPSILON: epsilon, p.DELTA: 1e-5, p.BUDGET: 8.0, p.REFUSED: 0.0,
+                   p.task_key("promoter", p.NUM_EXAMPLES): 10}
+        return Message(RecordDict({p.ARRAYS: ArrayRecord(model.state_dict()), p.METRICS: MetricRecord(metrics),
+                                   p.META: ConfigRecord({p.INSTITUTION: name, p.SPECIES: "human",
+                                                         p.STATUS: "trained", p.REASON: ""})}), reply_to=ask)
+
+    strategy.aggregate_train(1, [reply("lab-a", 2.0), reply("lab-b", 3.0)])
+    strategy.aggregate_train(2, [reply("lab-a", 1.5), reply("lab-b", 3.5)])
+
+    reports = {r.institution: r for r in strategy.rounds[2].train}
+    assert reports["lab-a"].status == p.Status.REJECTED
+    assert "1.500000 is below the 2.000000 it reported in round 1" in reports["lab-a"].reason
+    assert reports["lab-b"].status == p.Status.TRAINED
+    averaged = {name for weights in strategy.rounds[2].aggregation.values() for name in weights}
+    assert averaged == {"lab-b"}  # the rolled-back institution's update is never averaged
