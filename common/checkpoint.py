@@ -21,7 +21,7 @@ import torch
 from common.atomic import fsync_directory
 from common.finetuning import head_of, is_adapter
 from common.model import GenomicTransformer, ModelConfig, ModelConfigError
-from common.tasks import declare_tasks, declared_tasks
+from common.tasks import TASKS, declare_tasks, declared_tasks
 
 FORMAT = "helixfed-checkpoint"
 VERSION = 1
@@ -105,8 +105,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not meta_path.is_file() or not weights_path.is_file():
         raise CheckpointError(f"{path}: not a checkpoint (expected {META_FILE} and {WEIGHTS_FILE})")
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CheckpointError(f"{meta_path}: unreadable checkpoint metadata: {err}") from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise CheckpointError(f"{meta_path}: not a {FORMAT} version {VERSION} file")
@@ -123,8 +123,34 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{meta_path}: bad model config: {err}") from err
     except Exception as err:  # torch raises several types for a damaged or unsafe pickle
         raise CheckpointError(f"{weights_path}: cannot load weights: {err}") from err
-    return Checkpoint(path, model_config, tuple(meta["tasks"]), int(meta["round"]), meta.get("state", {}),
-                      weights)
+    tasks, round_, state = _checked_meta(meta_path, meta)
+    _check_weights(weights_path, weights)
+    return Checkpoint(path, model_config, tasks, round_, state, weights)
+
+
+def _checked_meta(meta_path: Path, meta: dict) -> tuple[tuple[str, ...], int, dict]:
+    tasks, round_, state = meta.get("tasks"), meta.get("round"), meta.get("state", {})
+    if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
+        raise CheckpointError(f"{meta_path}: 'tasks' must be a non-empty list of task names, got {tasks!r}")
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise CheckpointError(f"{meta_path}: tasks {unknown} are neither built in nor declared in the checkpoint")
+    if not isinstance(round_, int) or isinstance(round_, bool) or round_ < 0:
+        raise CheckpointError(f"{meta_path}: 'round' must be an integer >= 0, got {round_!r}")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{meta_path}: 'state' must be an object, got {type(state).__name__}")
+    return tuple(tasks), round_, state
+
+
+def _check_weights(weights_path: Path, weights) -> None:
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()):
+        raise CheckpointError(f"{weights_path}: expected a mapping of parameter names to tensors, got "
+                              f"{type(weights).__name__}")
+    bad = [name for name, tensor in weights.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:  # a valid checksum only says the file is as written; NaN weights would serve NaN predictions
+        raise CheckpointError(f"{weights_path}: non-finite values in {', '.join(bad[:3])}"
+                              f"{' ...' if len(bad) > 3 else ''}; refusing to load")
 
 
 def load_model(path: str | Path) -> tuple[GenomicTransformer, Checkpoint]:

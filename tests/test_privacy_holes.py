@@ -274,3 +274,74 @@ def test_the_server_rejects_an_institution_whose_epsilon_went_down():
     assert reports["lab-b"].status == p.Status.TRAINED
     averaged = {name for weights in strategy.rounds[2].aggregation.values() for name in weights}
     assert averaged == {"lab-b"}  # the rolled-back institution's update is never averaged
+
+
+# ---------------------------------------------------------------- hostile checkpoints
+
+
+def _rewrite_weights(path: Path, weights) -> None:
+    torch.save(weights, path / "weights.pt")
+    meta = json.loads((path / "checkpoint.json").read_text())
+    meta["weights_sha256"] = hashlib.sha256((path / "weights.pt").read_bytes()).hexdigest()
+    (path / "checkpoint.json").write_text(json.dumps(meta))
+
+
+def _edit_meta(path: Path, **changes) -> None:
+    meta = json.loads((path / "checkpoint.json").read_text())
+    meta.update(changes)
+    (path / "checkpoint.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "checkpoint.json").write_bytes(b"\xff\xfe{binary"), "unreadable checkpoint metadata"),
+    (lambda d: _edit_meta(d, tasks=["martian_task"]), r"tasks \['martian_task'\] are neither built in"),
+    (lambda d: _edit_meta(d, tasks="promoter"), "'tasks' must be a non-empty list"),
+    (lambda d: _edit_meta(d, round="abc"), "'round' must be an integer >= 0, got 'abc'"),
+    (lambda d: _edit_meta(d, state=[1, 2]), "'state' must be an object"),
+    (lambda d: _edit_meta(d, model={**MODEL.to_dict(), "max_len": 2_000_000_000}), "above the limit"),
+    (lambda d: _rewrite_weights(d, [torch.zeros(2)]), "expected a mapping of parameter names to tensors"),
+    (lambda d: _rewrite_weights(d, {k: v.fill_(float("nan")) if "heads" in k else v
+                                    for k, v in GenomicTransformer(MODEL, tasks=("promoter",)).state_dict().items()}),
+     "non-finite values in heads"),
+])
+def test_a_damaged_checkpoint_is_a_clear_error_and_is_left_as_it_is(tmp_path, damage, message):
+    from common.checkpoint import CheckpointError, load_model, save_checkpoint
+
+    model = GenomicTransformer(MODEL, tasks=("promoter",))
+    path = save_checkpoint(tmp_path / "ckpt", weights=model.state_dict(), model_config=MODEL, tasks=model.tasks,
+                           round=2)
+    damage(path)
+    before = tree_hash(tmp_path)
+
+    with pytest.raises(CheckpointError, match=message):
+        load_model(path)
+    assert tree_hash(tmp_path) == before
+
+
+def test_evaluate_names_the_file_and_line_of_a_sequence_longer_than_the_model_takes(tmp_path, capsys):
+    from common.checkpoint import save_checkpoint
+
+    small = ModelConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, dropout=0.0, max_len=20)
+    path = save_checkpoint(tmp_path / "ckpt", weights=GenomicTransformer(small, tasks=("promoter",)).state_dict(),
+                           model_config=small, tasks=("promoter",), round=1)
+    (tmp_path / "long.fa").write_text(">ok|1\nACGTACGT\n>long|0\n" + "ACGT" * 10 + "\n")
+
+    assert helixfed(["evaluate", "--checkpoint", str(path), "--data", str(tmp_path / "long.fa"),
+                     "--task", "promoter"]) == 1
+    assert "long.fa, line 3 (record 'long|0'): sequence of 40 bases exceeds max_len 20" in \
+        capsys.readouterr().err.replace("\n", "")
+
+
+def test_a_second_agent_on_a_taken_port_says_which_port_and_what_to_do(site, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = helixfed(["client", "--institution", str(site), "--server", "127.0.0.1:1", "--insecure",
+                         "--port", str(port)])
+    assert code == 1
+    captured = capsys.readouterr()
+    out = (captured.out + captured.err).replace("\n", " ")
+    assert f"local port {port}" in out and "pass --port with a free port" in out

@@ -67,6 +67,16 @@ def check_certificate(host: str, port: int, ca: Path, *, timeout: float = 5.0) -
         raise AgentError(f"TLS handshake with {host}:{port} failed: {err}") from err
 
 
+def check_port_free(port: int) -> None:
+    """The SuperNode's local app API port must be free; otherwise Flower dies with a long traceback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as err:
+            raise AgentError(f"local port {port} (the SuperNode's app API) is taken ({err.strerror}), probably by "
+                             f"another `helixfed client` on this machine; pass --port with a free port") from err
+
+
 def check_institution(path: Path) -> None:
     """Config, data and ledger load; errors name what and where."""
     config = load_institution(path)
@@ -151,6 +161,7 @@ def run_client_command(args: argparse.Namespace) -> int:
             raise AgentError("give --root-certificates CA (and --key) for TLS, or --insecure for a local experiment")
         if args.key is not None and not args.key.is_file():
             raise AgentError(f"--key {args.key}: file not found")
+        check_port_free(args.port)
         check_institution(args.institution)
         host, port = parse_address(args.server)
         check_reachable(host, port)

@@ -146,11 +146,12 @@ def _baseline(train: GenomicDataset | None, test: GenomicDataset, task: str) -> 
 def evaluate_task(model: GenomicTransformer, *, directory: Path, task: str, split: str, baseline: bool,
                   batch_size: int) -> dict:
     """Model (and baseline) metrics of one task: ``{"source", "model", "kmer", "species": {...}}``."""
+    max_len = model.config.max_len  # a longer sequence is an error naming its file and line, not a crash
     if directory.is_file():  # one labelled file (FASTA id|label headers, CSV/TSV): no train split, no baseline
-        test, train = load_dataset(directory, task=task), None
+        test, train = load_dataset(directory, task=task, max_len=max_len), None
         baseline = False
     else:
-        test, train = load_dataset(directory, task=task, split=split), None
+        test, train = load_dataset(directory, task=task, split=split, max_len=max_len), None
     if baseline:
         try:
             train = load_dataset(directory, task=task, split="train")
