@@ -345,3 +345,25 @@ def test_a_second_agent_on_a_taken_port_says_which_port_and_what_to_do(site, cap
     captured = capsys.readouterr()
     out = (captured.out + captured.err).replace("\n", " ")
     assert f"local port {port}" in out and "pass --port with a free port" in out
+
+
+def test_simulate_names_every_missing_input_before_starting_anything(tmp_path):
+    from server.ops.simulate import simulate
+
+    path = tmp_path / "fed.yaml"
+    path.write_text(yaml.safe_dump({
+        "tasks": ["promoter", "enhancer"], "output_dir": str(tmp_path / "run"), "data_dir": str(tmp_path / "data"),
+        "institutions": [
+            {"name": "lab-a", "species": "human", "tasks": ["promoter", "enhancer"]},
+            {"name": "lab-b", "species": "mouse", "tasks": ["enhancer"],
+             "data": {"enhancer": {"positives": ["peaks.fa"], "negatives": ["bg.fa"]}}}]}))
+    (tmp_path / "data" / "lab-a" / "promoter").mkdir(parents=True)
+    (tmp_path / "peaks.fa").write_text(">a\nACGT\n")
+
+    with pytest.raises(ConfigError) as missing:
+        simulate(path, rounds=1, timeout=60)
+    lines = str(missing.value).splitlines()[1:]
+    assert [line.strip() for line in lines] == [
+        f"lab-a: no data for task 'enhancer': {tmp_path / 'data' / 'lab-a' / 'enhancer'} does not exist",
+        f"lab-b: data.enhancer: {tmp_path / 'bg.fa'} does not exist"]
+    assert not (tmp_path / "run" / ".flwr").exists()  # no SuperLink was started

@@ -120,6 +120,16 @@ class TaskSource(_Strict):
     def presplit(self) -> bool:
         return self.kind in ("gue", "genomic_benchmarks", "directory")
 
+    def paths(self) -> list[Path]:
+        """Every file or folder this source names."""
+        named = [getattr(self, k) for k in ("bed", "reference", "table", "gue", "genomic_benchmarks", "directory")]
+        named += [*self.positives, *(p for files in (self.classes or {}).values() for p in files)]
+        if isinstance(self.negatives, tuple):
+            named += list(self.negatives)
+        elif isinstance(self.negatives, NegativesSpec) and self.negatives.bed is not None:
+            named.append(self.negatives.bed)
+        return [p for p in named if p is not None]
+
     def resolved(self, base: Path) -> TaskSource:
         """Every relative path made absolute against ``base`` (the directory of the file naming it)."""
         def fix(path: Path) -> Path:

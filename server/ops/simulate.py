@@ -78,6 +78,24 @@ def mark_simulated_state(config: FederationConfig) -> None:
                                                       "directory\n")
 
 
+def missing_inputs(config: FederationConfig) -> list[str]:
+    """One line per data folder or source file a simulated institution names but that is not there."""
+    problems = []
+    for index in range(len(config.institutions)):
+        institution = config.institution(index)
+        if institution.data is not None:
+            for task, source in institution.data.items():
+                for path in source.paths():
+                    if not path.exists():
+                        problems.append(f"{institution.name}: data.{task}: {path} does not exist")
+        elif institution.data_dir is None or not institution.data_dir.is_dir():
+            problems.append(f"{institution.name}: data directory {institution.data_dir} does not exist")
+        else:
+            problems += [f"{institution.name}: no data for task {task!r}: {institution.data_dir / task} does not exist"
+                         for task in institution.tasks if not (institution.data_dir / task).is_dir()]
+    return problems
+
+
 def forget_simulated_state(config: FederationConfig, out: Path) -> None:
     """``--fresh``: a new simulated world. The ledgers of this federation's simulated institutions, the
     checkpoints and the outputs under ``out`` are deleted (generated data is kept). A state directory
@@ -112,6 +130,9 @@ def simulate(config_file: Path, *, rounds: int | None = None, out_dir: Path | No
     if not resume:  # progress is read from this file: never show an older run's rounds
         MetricsLog(out).clear()
     ensure_data(config)
+    problems = missing_inputs(config)
+    if problems:  # before any process starts: inside Ray each would be a 60-line traceback at round 1
+        raise ConfigError("the simulated institutions' data is not all there:\n  " + "\n  ".join(problems))
     group = ProcessGroup(out / ".flwr")
     (group.flwr_home / "state.db").unlink(missing_ok=True)  # one run per SuperLink start
     try:
