@@ -49,6 +49,7 @@ from common.data.readers_common import (
     numbered_lines,
     parse_class_label,
     parse_labelled_name,
+    require_file,
 )
 from common.data.readers_fasta import checked_sequence, fasta_entries
 from common.tasks import TaskSpec
@@ -234,6 +235,7 @@ def _read_presplit(directory: Path, task: TaskSpec, *, species: str, max_len: in
 
 def _read_whole_file(path: Path, label: int, out: SourceRecords, seen: dict[str, Where], *, species: str,
                      max_len: int | None) -> None:
+    require_file(path, f"FASTA file of class {label}")
     name = path.name.lower().removesuffix(".gz")
     if not name.endswith(FASTA_SUFFIXES):
         raise UnknownFormatError(f"{path}: whole-file labels read FASTA files; expected a name ending in "
@@ -299,6 +301,7 @@ def _read_bed_source(source: TaskSource, task: TaskSpec, out: SourceRecords, see
 
 
 def _bed_lines(path: Path) -> list[_Interval]:
+    require_file(path, "BED file")
     intervals = []
     for line_no, line in numbered_lines(path):
         text = line.strip()
