@@ -53,7 +53,8 @@ def start_server(checkpoint: Path, *, batch: int, max_workers: int, max_rpcs: in
     """The server process and its address, once it prints its banner."""
     process = subprocess.Popen(
         [sys.executable, "-m", "server.service.server", "--checkpoint", str(checkpoint), "--port", "0",
-         "--max-batch", str(batch), "--max-workers", str(max_workers), "--max-concurrent-rpcs", str(max_rpcs)],
+         "--max-batch", str(batch), "--max-workers", str(max_workers), "--max-concurrent-rpcs", str(max_rpcs),
+         "--max-rpcs-per-client", str(max_workers)],  # the simulated clients all share 127.0.0.1
         cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     banner = process.stdout.readline()
     if "listening on " not in banner:

@@ -54,7 +54,9 @@ def model(checkpoint_dir):
 @pytest.fixture(scope="module")
 def server(model):
     loaded, checkpoint = model
-    limits = ServiceLimits(max_batch=MAX_BATCH, max_length=MAX_LENGTH, max_workers=4, max_concurrent_rpcs=64)
+    # Every test client shares 127.0.0.1: let one address use all four threads (the default keeps one back).
+    limits = ServiceLimits(max_batch=MAX_BATCH, max_length=MAX_LENGTH, max_workers=4, max_concurrent_rpcs=64,
+                           max_rpcs_per_client=4)
     running = start_server(model=loaded, checkpoint=checkpoint, port=0, limits=limits)
     yield running
     running.stop(grace=1.0)
@@ -403,3 +405,22 @@ def test_a_non_dp_checkpoint_is_refused_unless_the_operator_allows_it(tmp_path, 
                                 round=1, state={"privacy": trained_privacy(mixed)})
     assert model_privacy(load_checkpoint(federated)) == "non-dp"
     assert trained_privacy(mixed[:0])["dp"] is None
+
+
+def test_one_client_cannot_take_every_thread(server, stub):
+    from server.service.server import PerClientLimit, client_address
+
+    limiter = server.service.per_client
+    held = [limiter.acquire("ipv4:127.0.0.1") for _ in range(limiter.limit)]  # this client's share, all busy
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Predict(pb.PredictRequest(task="promoter", sequences=["ACGT"]), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "per-client limit" in refused.value.details()
+    finally:
+        for _ in held:
+            limiter.release("ipv4:127.0.0.1")
+    assert stub.Predict(pb.PredictRequest(task="promoter", sequences=["ACGT"]), timeout=10).predictions
+    assert client_address("ipv4:10.0.0.7:53124") == "ipv4:10.0.0.7" and client_address("ipv6:[::1]:80") == "ipv6:[::1]"
+    one = PerClientLimit(1)
+    assert one.acquire("a") and not one.acquire("a") and one.acquire("b")

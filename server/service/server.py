@@ -82,9 +82,14 @@ class ServiceLimits:
     max_length: int = 512
     max_workers: int = 4
     max_concurrent_rpcs: int = 32
+    # Requests one client address may have running at once; default: all threads but one, so a single
+    # caller never takes every thread (only running requests count: a thread picks them up first).
+    max_rpcs_per_client: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_length", "max_workers", "max_concurrent_rpcs"):
+        if self.max_rpcs_per_client is None:
+            object.__setattr__(self, "max_rpcs_per_client", max(1, self.max_workers - 1))
+        for name in ("max_batch", "max_length", "max_workers", "max_concurrent_rpcs", "max_rpcs_per_client"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
@@ -119,12 +124,46 @@ def _check_sequences(sequences: Sequence[str], limits: ServiceLimits, *, item: s
             raise InvalidRequest(str(err).replace("sequence", item, 1)) from err
 
 
+def client_address(peer: str) -> str:
+    """gRPC's ``ipv4:10.0.0.7:53124`` -> ``ipv4:10.0.0.7``: one client, whatever connection it uses."""
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
+
+
+class PerClientLimit:
+    """At most ``limit`` requests in flight per client address (thread-safe)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._in_flight: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, client: str) -> bool:
+        with self._lock:
+            if self._in_flight.get(client, 0) >= self.limit:
+                return False
+            self._in_flight[client] = self._in_flight.get(client, 0) + 1
+            return True
+
+    def release(self, client: str) -> None:
+        with self._lock:
+            left = self._in_flight.get(client, 0) - 1
+            if left > 0:
+                self._in_flight[client] = left
+            else:
+                self._in_flight.pop(client, None)
+
+
 def _handler(method: Callable) -> Callable:
     """Turn a refused request into INVALID_ARGUMENT and any other failure into INTERNAL, so one bad
     request never takes the server down."""
 
     @functools.wraps(method)
     def wrapper(self, request, context: grpc.ServicerContext):
+        client = client_address(context.peer())
+        if not self.per_client.acquire(client):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{self.limits.max_rpcs_per_client} requests from {client} are in flight already "
+                          f"(the server's per-client limit); wait for them")
         try:
             return method(self, request, context)
         except (InvalidRequest, SequenceError, ValueError) as err:
@@ -132,6 +171,8 @@ def _handler(method: Callable) -> Callable:
         except Exception as err:  # a bug, not the caller's fault: log it, answer, keep serving
             logger.exception("%s failed", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__} failed: {type(err).__name__}: {err}")
+        finally:
+            self.per_client.release(client)
 
     return wrapper
 
@@ -157,6 +198,7 @@ class HelixfedService(pb_grpc.HelixfedServicer):
         self.model = model.eval()
         self.checkpoint = checkpoint
         self.limits = limits
+        self.per_client = PerClientLimit(limits.max_rpcs_per_client)
 
     @_handler
     def Predict(self, request: pb.PredictRequest, context) -> pb.PredictResponse:
@@ -256,6 +298,7 @@ class RunningServer:
     server: grpc.Server
     port: int
     health: health.HealthServicer
+    service: HelixfedService
 
     def stop(self, grace: float) -> None:
         """Refuse new RPCs, give those in flight ``grace`` seconds, and wait until stopped."""
@@ -299,7 +342,7 @@ def start_server(*, model: GenomicTransformer, checkpoint: Checkpoint, host: str
     server.start()
     for name in ("", SERVICE_NAME):  # "" is the whole server, as health checkers ask by default
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, bound, health_servicer)
+    return RunningServer(server, bound, health_servicer, service)
 
 
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -318,6 +361,9 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--max-workers", type=int, default=defaults.max_workers, help="RPC threads")
     parser.add_argument("--max-concurrent-rpcs", type=int, default=defaults.max_concurrent_rpcs,
                         help="RPCs admitted at once; more are refused with RESOURCE_EXHAUSTED")
+    parser.add_argument("--max-rpcs-per-client", type=int, default=None,
+                        help="requests one client address may have running at once (default: max workers - 1); "
+                             "more are RESOURCE_EXHAUSTED")
     parser.add_argument("--grace", type=float, default=5.0, help="seconds in-flight RPCs get at shutdown")
     parser.add_argument("--tls-dir", type=Path, default=None,
                         help="serve TLS with server.crt/server.key from `helixfed certs` (clients trust ca.crt)")
@@ -335,7 +381,8 @@ def run_serve(args: argparse.Namespace) -> int:
         model, checkpoint = load_model(args.checkpoint)
         max_length = args.max_length or min(ServiceLimits.max_length, model.config.max_len)
         limits = ServiceLimits(max_batch=args.max_batch, max_length=max_length, max_workers=args.max_workers,
-                               max_concurrent_rpcs=args.max_concurrent_rpcs)
+                               max_concurrent_rpcs=args.max_concurrent_rpcs,
+                               max_rpcs_per_client=args.max_rpcs_per_client)
         privacy = model_privacy(checkpoint)
         if privacy == "non-dp" and not args.allow_non_dp:
             raise ValueError(f"{args.checkpoint}: trained without DP; such a model must not leave the institution "
