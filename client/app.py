@@ -9,6 +9,7 @@ Where the institution's config comes from:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -90,7 +91,27 @@ def encode_outcome(agent: InstitutionAgent, outcome: TrainOutcome) -> RecordDict
     return record
 
 
+def keep_failures_local(handler):
+    """An agent's exception stays in its own log: Flower would send ``str(exception)`` to the server,
+    and data errors name files, lines, record ids and counts. The reply says only that it failed."""
+
+    @functools.wraps(handler)
+    def wrapper(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as err:
+            log.exception("%s failed; the server is told only the error type", msg.metadata.message_type)
+            node = context.node_config
+            name = str(node.get("institution-name", f"node-{context.node_id}"))
+            return Message(RecordDict({p.META: ConfigRecord({
+                p.INSTITUTION: name, p.SPECIES: "unknown", p.STATUS: str(Status.FAILED),
+                p.REASON: f"{type(err).__name__} at the institution (details in its own log)"})}), reply_to=msg)
+
+    return wrapper
+
+
 @app.train()
+@keep_failures_local
 def train(msg: Message, context: Context) -> Message:
     agent = agent_for(context, training_from(msg))
     model = model_from(msg, agent)
@@ -101,6 +122,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@keep_failures_local
 def evaluate(msg: Message, context: Context) -> Message:
     agent = agent_for(context, training_from(msg))
     if not agent.config.privacy.share_evaluation:  # metrics on raw test data are outside ε: opt-in only

@@ -179,3 +179,29 @@ def start_from(model: GenomicTransformer, path: Path) -> list[str]:
                               f"{checkpoint.model_config}): {', '.join(misfits[:5])}{' …' if len(misfits) > 5 else ''}")
     model.load_state_dict(fits, strict=False)
     return sorted(set(own) - set(fits))
+
+
+# ---------------------------------------------------------------- provenance
+
+PRIVATE_STARTS = ("dp", "public")  # a start that keeps a DP fine-tune DP
+
+
+def checkpoint_privacy(checkpoint: Checkpoint) -> str:
+    """What a checkpoint's weights may reveal: ``dp`` (trained only with DP on private data, from a
+    start that was DP or public), ``non-dp``, ``public`` (pre-trained on public sequence) or
+    ``unknown`` (written before checkpoints recorded it)."""
+    state = checkpoint.state or {}
+    local = state.get("local_training")
+    if isinstance(local, dict) and "dp" in local:
+        return "dp" if local["dp"] else "non-dp"
+    if "pretraining" in state:  # server/pretraining.py: public FASTA only
+        return "public"
+    recorded = state.get("privacy")  # a federation's checkpoints (server/checkpoints.py trained_privacy)
+    if isinstance(recorded, dict) and recorded.get("dp") is not None:
+        return "dp" if recorded["dp"] else "non-dp"
+    return "unknown"
+
+
+def start_privacy(path: Path | None) -> str | None:
+    """:func:`checkpoint_privacy` of an ``init_checkpoint`` (None: training starts from scratch)."""
+    return None if path is None else checkpoint_privacy(load_checkpoint(path))

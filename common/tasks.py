@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -20,7 +20,7 @@ class TaskSpec:
     kind: Literal["sequence", "position"]
     label_names: tuple[str, ...]
     headline_metric: str
-    description: str
+    description: str = field(compare=False)  # words: a federation and an institution may phrase it differently
     # Fixed loss weight per class, or None for plain cross-entropy. Splice sites are ~0.5 % of bases:
     # weighed like a "neither" base, their share of a clipped, noised per-record DP gradient vanishes.
     # Fixed in advance, not fitted to the data (fitting would spend privacy).
@@ -86,6 +86,8 @@ def declare_task(name: str, *, kind: str, classes: Sequence[str], metric: str | 
     bad = [c for c in classes if not CLASS_NAME_PATTERN.match(str(c))]
     if bad:
         raise ValueError(f"task {name!r}: class names {bad}; expected letters, digits and _ . + -")
+    if kind == "position" and "mean" in classes[1:]:  # pr_auc_mean is the macro average's key
+        raise ValueError(f"task {name!r}: class name 'mean' is reserved for position tasks (pr_auc_mean)")
     allowed = POSITION_HEADLINES if kind == "position" else SEQUENCE_HEADLINES
     metric = metric or allowed[0]
     if kind == "sequence" and metric == "pr_auc":  # the name many papers use for average precision

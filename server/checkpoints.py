@@ -9,7 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
-from common.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from common.checkpoint import PRIVATE_STARTS, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from common.config import FederationConfig
 from common.model import GenomicTransformer
 from common.protocol import RoundMetrics, Status
@@ -20,11 +20,14 @@ KEEP_CHECKPOINTS = 3
 _ROUND_DIR = re.compile(r"^round-(\d{4,})$")
 
 
-def trained_privacy(history: list[RoundMetrics]) -> dict:
-    """Whether every update averaged into the model was trained under DP (a finite budget), so that
-    a model built from any non-DP update is never served as private (server/service/security.py)."""
+def trained_privacy(history: list[RoundMetrics], *, start: str | None = None) -> dict:
+    """Whether every update averaged into the model was trained under DP (a finite budget) from a
+    start that was DP or public (``start``: the init checkpoint's privacy, None from scratch), so
+    that a model built from anything else is never served as private (server/service/security.py)."""
     budgets = [r.budget for line in history for r in line.institutions.values() if r.status == Status.TRAINED]
-    return {"dp": all(b is not None and math.isfinite(b) for b in budgets) if budgets else None,  # None: untrained
+    start_ok = start is None or start in PRIVATE_STARTS
+    return {"dp": (start_ok and all(b is not None and math.isfinite(b) for b in budgets)) if budgets else None,
+            "start": start,
             "institutions_trained": sorted({n for line in history for n, r in line.institutions.items()
                                             if r.status == Status.TRAINED})}
 
@@ -32,7 +35,8 @@ def trained_privacy(history: list[RoundMetrics]) -> dict:
 class RunCheckpoints:
     """Where one run's checkpoints live and how many are kept."""
 
-    def __init__(self, out_dir: Path, *, keep: int = KEEP_CHECKPOINTS):
+    def __init__(self, out_dir: Path, *, keep: int = KEEP_CHECKPOINTS, start_privacy: str | None = None):
+        self.start_privacy = start_privacy  # the init checkpoint's privacy (None: from scratch)
         self.directory = Path(out_dir) / CHECKPOINT_DIR
         self.final_dir = Path(out_dir) / FINAL_DIR
         self.keep = keep
@@ -64,7 +68,7 @@ class RunCheckpoints:
         path = save_checkpoint(self.directory / f"round-{server_round:04d}", weights=model.state_dict(),
                                model_config=config.model, tasks=config.tasks, round=server_round,
                                state={"metrics": [line.to_json() for line in history],
-                                      "config": config.model_dump(mode="json"), "privacy": trained_privacy(history)})
+                                      "config": config.model_dump(mode="json"), "privacy": trained_privacy(history, start=self.start_privacy)})
         for old in sorted(self.directory.glob("round-*"))[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return path
@@ -74,7 +78,7 @@ class RunCheckpoints:
         return save_checkpoint(self.final_dir, weights=model.state_dict(), model_config=config.model,
                                tasks=config.tasks, round=server_round,
                                state={"metrics": [history[-1].to_json()] if history else [],
-                                      "privacy": trained_privacy(history)})
+                                      "privacy": trained_privacy(history, start=self.start_privacy)})
 
     def forget_final(self) -> None:
         """A fresh run must not leave an older run's model looking like its result."""

@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from common import protocol as p
-from common.checkpoint import start_from
+from common.checkpoint import start_from, start_privacy
 from common.config import FederationConfig
 from common.data.readers import load_dataset
 from common.evaluation import evaluate
@@ -68,6 +68,8 @@ class FederationRun:
 
     def prepare(self, *, resume: bool) -> FederationRun:
         """Resume from the newest checkpoint, or start a fresh history; load the central data."""
+        # Every checkpoint records whether the model is DP, and that depends on where it started.
+        self.checkpoints.start_privacy = start_privacy(self.config.init_checkpoint)
         if resume:
             self._resume()
         else:  # a fresh run starts a fresh history in this directory

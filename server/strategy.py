@@ -152,7 +152,10 @@ class SpeciesFedAvg(FedAvg):
             examples={t: int(m.get(p.NUM_EXAMPLES, 0)) for t, m in per_task.items()},
             epsilon=_float(metrics, p.EPSILON), delta=_float(metrics, p.DELTA), budget=_float(metrics, p.BUDGET),
             loss={t: m[p.LOSS] for t, m in per_task.items() if p.LOSS in m}, reason=reason)
-        rolled_back = self._epsilon_went_down(institution, report.epsilon)
+        if status == Status.FAILED:  # the agent caught its own error; the details stay in its log
+            log.warning("round reply from %s failed: %s", institution, reason)
+            return report, None
+        rolled_back = self._epsilon_went_down(institution, report.epsilon, trained=status == Status.TRAINED)
         if status == Status.REFUSED and not rolled_back:
             log.info("%s refused to train: %s", institution, reason)
             return report, None
@@ -183,17 +186,20 @@ class SpeciesFedAvg(FedAvg):
                         max_update_norm=self.aggregation.max_update_norm, expected=expected)
         return Update(report.institution, report.species, weights, report.examples)
 
-    def _epsilon_went_down(self, institution: str, epsilon: float | None) -> str:
+    def _epsilon_went_down(self, institution: str, epsilon: float | None, *, trained: bool) -> str:
         """The reason to reject a reply whose cumulative ε is below one this institution reported
-        before in this run ("" when it is not); otherwise remember the new largest ε."""
+        before in this run — or, for a round it says it trained, not above it: every DP round spends
+        something, so an equal ε after training means the ledger was restored to an earlier state
+        ("" when all is well); otherwise remember the new largest ε."""
         if epsilon is None or not np.isfinite(epsilon):
             return ""
         seen, seen_round = self.epsilon_seen.get(institution, (-1.0, 0))
-        if epsilon < seen - 1e-9:
+        if epsilon < seen - 1e-9 or (trained and epsilon <= seen):
             log.error("%s reports epsilon %.6f, below the %.6f it reported in round %d", institution, epsilon,
                       seen, seen_round)
-            return (f"{institution}: cumulative epsilon {epsilon:.6f} is below the {seen:.6f} it reported in round "
-                    f"{seen_round}: its privacy ledger was rolled back or edited")
+            relation = "is below" if epsilon < seen - 1e-9 else "after training is not above"
+            return (f"{institution}: cumulative epsilon {epsilon:.6f} {relation} the {seen:.6f} it reported in "
+                    f"round {seen_round}: its privacy ledger was rolled back or edited")
         self.epsilon_seen[institution] = (epsilon, self._current_round)
         return ""
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -227,8 +226,9 @@ def test_model_sizes_are_bounded(field, value):
 
 def test_an_agent_refuses_a_model_past_its_own_limit_before_building_it(site):
     huge = ModelConfig(d_model=1024, n_heads=8, n_layers=48, d_ff=4096, max_len=192)
-    with pytest.raises(ValueError, match="about 609,017,856 parameters; this agent's limit .* 50,000,000"):
-        call("train", site, model_config=huge)  # Flower turns the exception into an error reply
+    reply = call("train", site, model_config=huge)
+    assert set(reply.content.keys()) == {p.META} and reply.content[p.META][p.STATUS] == p.Status.FAILED
+    assert reply.content[p.META][p.REASON] == "ValueError at the institution (details in its own log)"
     assert PrivacyLedger.load(site.parent / "state").rounds == ()  # nothing trained, nothing spent
 
 
@@ -242,7 +242,7 @@ def test_train_with_no_budget_left_exits_3_and_writes_no_model(site, tmp_path):
 
     assert helixfed(["train", "--institution", str(site), "--out", str(tmp_path / "out"), "--epochs", "1"]) == 3
     assert not (tmp_path / "out" / "final").exists()
-    assert os.path.exists(site.parent / "state")  # the ledger is there, at zero: nothing was spent
+    assert PrivacyLedger.load(site.parent / "state").rounds == ()  # nothing was spent
 
 
 # ---------------------------------------------------------------- 7. a ledger rolled back is caught
@@ -268,9 +268,15 @@ def test_the_server_rejects_an_institution_whose_epsilon_went_down():
     strategy.aggregate_train(1, [reply("lab-a", 2.0), reply("lab-b", 3.0)])
     strategy.aggregate_train(2, [reply("lab-a", 1.5), reply("lab-b", 3.5)])
 
+    strategy.aggregate_train(3, [reply("lab-a", 2.5), reply("lab-b", 3.5)])  # restored to round 2's ledger
+
     reports = {r.institution: r for r in strategy.rounds[2].train}
     assert reports["lab-a"].status == p.Status.REJECTED
     assert "1.500000 is below the 2.000000 it reported in round 1" in reports["lab-a"].reason
+    third = {r.institution: r for r in strategy.rounds[3].train}
+    assert third["lab-b"].status == p.Status.REJECTED
+    assert "3.500000 after training is not above the 3.500000" in third["lab-b"].reason
+    assert third["lab-a"].status == p.Status.TRAINED
     assert reports["lab-b"].status == p.Status.TRAINED
     averaged = {name for weights in strategy.rounds[2].aggregation.values() for name in weights}
     assert averaged == {"lab-b"}  # the rolled-back institution's update is never averaged
@@ -367,3 +373,21 @@ def test_simulate_names_every_missing_input_before_starting_anything(tmp_path):
         f"lab-a: no data for task 'enhancer': {tmp_path / 'data' / 'lab-a' / 'enhancer'} does not exist",
         f"lab-b: data.enhancer: {tmp_path / 'bg.fa'} does not exist"]
     assert not (tmp_path / "run" / ".flwr").exists()  # no SuperLink was started
+
+
+def test_a_model_is_dp_only_if_its_training_and_its_start_were(site, tmp_path):
+    from common.checkpoint import checkpoint_privacy, load_checkpoint
+    from common.protocol import InstitutionRound, RoundMetrics
+    from server.checkpoints import trained_privacy
+
+    config = yaml.safe_load(site.read_text())
+    config["privacy"] = {"enabled": False}  # DP off in the file, not by --no-dp
+    site.write_text(yaml.safe_dump(config))
+    assert helixfed(["train", "--institution", str(site), "--out", str(tmp_path / "plain"), "--epochs", "1"]) == 0
+    assert checkpoint_privacy(load_checkpoint(tmp_path / "plain" / "final")) == "non-dp"
+
+    history = [RoundMetrics(1, {}, institutions={"a": InstitutionRound("human", p.Status.TRAINED, budget=8.0)})]
+    assert trained_privacy(history)["dp"] is True
+    assert trained_privacy(history, start="public")["dp"] is True
+    assert trained_privacy(history, start="non-dp")["dp"] is False  # DP fine-tuning of a non-DP start
+    assert trained_privacy(history, start="unknown")["dp"] is False

@@ -70,6 +70,7 @@ def check_certificate(host: str, port: int, ca: Path, *, timeout: float = 5.0) -
 def check_port_free(port: int) -> None:
     """The SuperNode's local app API port must be free; otherwise Flower dies with a long traceback."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: TIME_WAIT is not "taken"
         try:
             probe.bind(("127.0.0.1", port))
         except OSError as err:

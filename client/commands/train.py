@@ -18,7 +18,7 @@ from rich.table import Table
 
 from client.agent import InstitutionAgent
 from client.privacy.ledger import BudgetExhausted
-from common.checkpoint import save_checkpoint, start_from
+from common.checkpoint import PRIVATE_STARTS, save_checkpoint, start_from, start_privacy
 from common.config import ConfigError, PrivacyConfig, TrainingConfig, load_federation, load_institution
 from common.data.cli import run_data_command
 from common.model import GenomicTransformer, ModelConfig
@@ -59,6 +59,7 @@ def train_locally(*, institution_file: Path, out_dir: Path, epochs: int, dp: boo
     agent.training = agent.training.model_copy(update={"local_epochs": 1.0})
     torch.manual_seed(agent.training.seed)
     model = GenomicTransformer(model_config, tasks=tuple(institution.tasks))
+    init_privacy = start_privacy(init_checkpoint)  # a DP fine-tune of a non-DP start is not DP
     if init_checkpoint is not None:
         start_from(model, init_checkpoint)
     run_id = f"local-train-{time.strftime('%Y%m%dT%H%M%S')}"
@@ -74,8 +75,10 @@ def train_locally(*, institution_file: Path, out_dir: Path, epochs: int, dp: boo
         losses = ", ".join(f"{t} {v:.3f}" for t, v in outcome.losses.items())
         console.print(f"epoch {epoch}/{epochs}: loss {losses}; epsilon {outcome.epsilon:.3f}")
     metrics = agent.evaluate(model, split="test")
-    result = {"institution": institution.name, "epochs": epochs_done, "dp": dp, "epsilon": agent.epsilon(),
-              "delta": institution.privacy.delta if dp else None, "test": metrics}
+    private = agent.ledger is not None and init_privacy in (None, *PRIVATE_STARTS)  # privacy.enabled: false too
+    result = {"institution": institution.name, "epochs": epochs_done, "dp": private, "epsilon": agent.epsilon(),
+              "delta": institution.privacy.delta if agent.ledger is not None else None, "init_privacy": init_privacy,
+              "test": metrics}
     out_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out_dir / "final", weights=model.state_dict(), model_config=model_config,
                     tasks=tuple(institution.tasks), round=epochs_done,

@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from common.data.dataset import DataError, Record
-from common.data.partition import split_train_val_test
+from common.data.partition import PartitionError, split_train_val_test
 from common.data.sources import SourceRecords, TaskSource, read_source
 from common.tasks import TaskSpec, get_task
 
@@ -60,8 +60,11 @@ def institution_splits(sources: Mapping[str, TaskSource], split: SplitConfig, *,
     for offset, (task, source) in enumerate(sources.items()):
         spec = get_task(task)
         read = read_source(source, spec, species=species, seed=split.seed + offset, max_len=max_len)
-        out[task] = _complete_presplit(read.splits, split) if read.splits is not None \
-            else split_records(read, split, source=f"data.{task}")
+        try:
+            out[task] = _complete_presplit(read.splits, split) if read.splits is not None \
+                else split_records(read, split, source=f"data.{task}")
+        except PartitionError as err:
+            raise SplitError(f"data.{task}: {err}") from err
     return out
 
 
@@ -82,8 +85,12 @@ def split_records(read: SourceRecords, config: SplitConfig, *, source: str) -> d
     if config.stratify:
         train, val, test = split_train_val_test(records, fractions=fractions, seed=config.seed)
         return {"train": train, "val": val, "test": test}
+    wanted = 1 + (config.val > 0) + (config.test > 0)
+    if len(records) < wanted:
+        raise SplitError(f"{source}: {len(records)} records cannot fill {wanted} splits")
     order = np.random.default_rng(config.seed).permutation(len(records))
-    n_val, n_test = round(len(records) * config.val), round(len(records) * config.test)
+    n_val = max(int(config.val > 0), round(len(records) * config.val))  # a split asked for is never empty
+    n_test = max(int(config.test > 0), round(len(records) * config.test))
     pick = lambda idx: [records[i] for i in sorted(idx)]  # noqa: E731 (file order inside a split)
     return {"test": pick(order[:n_test]), "val": pick(order[n_test:n_test + n_val]),
             "train": pick(order[n_test + n_val:])}

@@ -14,14 +14,14 @@ from typing import TypeVar
 
 import numpy as np
 
-from common.data.dataset import Record
+from common.data.dataset import DataError, Record
 
 R = TypeVar("R", bound=Record)
 SCHEMES = ("iid", "species", "label_skew", "quantity_skew")
 _MAX_DRAWS = 100  # Dirichlet redraws before a min_size request is declared impossible
 
 
-class PartitionError(ValueError):
+class PartitionError(DataError):
     """A partition request that cannot be met (too few records, bad alpha, unknown species, ...)."""
 
 

@@ -124,15 +124,15 @@ def simulate(config_file: Path, *, rounds: int | None = None, out_dir: Path | No
     config = load_federation(config_file, output_dir=out_dir)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    ensure_data(config)
+    problems = missing_inputs(config)
+    if problems:  # before anything is deleted or started: inside Ray each would be a 60-line traceback
+        raise ConfigError("the simulated institutions' data is not all there:\n  " + "\n  ".join(problems))
     if fresh:
         forget_simulated_state(config, out)
     mark_simulated_state(config)
     if not resume:  # progress is read from this file: never show an older run's rounds
         MetricsLog(out).clear()
-    ensure_data(config)
-    problems = missing_inputs(config)
-    if problems:  # before any process starts: inside Ray each would be a 60-line traceback at round 1
-        raise ConfigError("the simulated institutions' data is not all there:\n  " + "\n  ".join(problems))
     group = ProcessGroup(out / ".flwr")
     (group.flwr_home / "state.db").unlink(missing_ok=True)  # one run per SuperLink start
     try:

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import math
 from pathlib import Path
 
 import grpc
 
-from common.checkpoint import Checkpoint
+from common.checkpoint import Checkpoint, checkpoint_privacy
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
-PRETRAINING_STATE = "pretraining"  # server/pretraining.py's STATE_KEY (server.service stays light)
 
 
 def is_loopback(host: str) -> bool:
@@ -35,25 +33,8 @@ def is_loopback(host: str) -> bool:
 
 
 def model_privacy(checkpoint: Checkpoint) -> str:
-    """``dp``, ``non-dp``, ``public`` (pre-trained on public sequence) or ``unknown`` (no record)."""
-    state = checkpoint.state or {}
-    local = state.get("local_training")
-    if isinstance(local, dict) and "dp" in local:
-        return "dp" if local["dp"] else "non-dp"
-    if PRETRAINING_STATE in state:
-        return "public"
-    recorded = state.get("privacy")  # a federation's checkpoints (server/checkpoints.py trained_privacy)
-    if isinstance(recorded, dict) and recorded.get("dp") is not None:
-        return "dp" if recorded["dp"] else "non-dp"
-    trained = []
-    for line in state.get("metrics") or []:
-        for info in (line.get("institutions") or {}).values() if isinstance(line, dict) else ():
-            if isinstance(info, dict) and info.get("status") == "trained":
-                trained.append(info.get("budget"))
-    if not trained:
-        return "unknown"
-    private = all(isinstance(b, (int, float)) and math.isfinite(b) for b in trained)
-    return "dp" if private else "non-dp"
+    """``dp``, ``non-dp``, ``public`` or ``unknown``: :func:`common.checkpoint.checkpoint_privacy`."""
+    return checkpoint_privacy(checkpoint)
 
 
 def server_credentials(tls_dir: Path) -> grpc.ServerCredentials:
