@@ -78,18 +78,6 @@ INSTITUTION_PROBES = [
 ]
 
 
-@pytest.mark.parametrize("key, value, message", INSTITUTION_PROBES,
-                         ids=[f"{k}={str(v)[:20]}" for k, v, _ in INSTITUTION_PROBES])
-def test_a_bad_institution_file_is_a_config_error_and_changes_nothing(tmp_path, key, value, message):
-    path = tmp_path / "institution.yaml"
-    path.write_text(yaml.safe_dump(mutated(INSTITUTION, key, value)))
-    before = tree_hash(tmp_path)
-
-    with pytest.raises(ConfigError, match=rf"institution\.yaml:(.|\n)*({message})"):
-        load_institution(path)
-    assert tree_hash(tmp_path) == before
-
-
 FEDERATION_PROBES = [
     ("name", "fed eration!", "name"), ("seed", "x", "seed"), ("tasks", ["promoter", "nope"], "neither built-in"),
     ("tasks", {"x": {"kind": "tree", "classes": ["a", "b"]}}, "tasks.x.kind"),
@@ -115,15 +103,22 @@ FEDERATION_PROBES = [
 ]
 
 
-@pytest.mark.parametrize("key, value, message", FEDERATION_PROBES,
-                         ids=[f"{k}={str(v)[:20]}" for k, v, _ in FEDERATION_PROBES])
-def test_a_bad_federation_file_is_a_config_error_and_changes_nothing(tmp_path, key, value, message):
-    path = tmp_path / "federation.yaml"
-    path.write_text(yaml.safe_dump(mutated(FEDERATION, key, value)))
+CONFIG_PROBES = ([("institution", *probe) for probe in INSTITUTION_PROBES]
+                 + [("federation", *probe) for probe in FEDERATION_PROBES])
+LOADERS = {"institution": (INSTITUTION, load_institution),
+           "federation": (FEDERATION, lambda path: load_config(path, FederationConfig))}
+
+
+@pytest.mark.parametrize("kind, key, value, message", CONFIG_PROBES,
+                         ids=[f"{kind}:{k}={str(v)[:20]}" for kind, k, v, _ in CONFIG_PROBES])
+def test_a_bad_config_file_is_a_config_error_and_changes_nothing(tmp_path, kind, key, value, message):
+    base, load = LOADERS[kind]
+    path = tmp_path / f"{kind}.yaml"
+    path.write_text(yaml.safe_dump(mutated(base, key, value)))
     before = tree_hash(tmp_path)
 
-    with pytest.raises(ConfigError, match=rf"federation\.yaml:(.|\n)*({message})"):
-        load_config(path, FederationConfig)
+    with pytest.raises(ConfigError, match=rf"{kind}\.yaml:(.|\n)*({message})"):
+        load(path)
     assert tree_hash(tmp_path) == before
 
 

@@ -394,16 +394,15 @@ def test_a_non_dp_checkpoint_is_refused_unless_the_operator_allows_it(tmp_path, 
     assert serve(["--checkpoint", str(path), "--port", "0"]) == 1
     assert "trained without DP" in capsys.readouterr().err
 
-    from common.checkpoint import load_checkpoint
+    from common.checkpoint import checkpoint_privacy, load_checkpoint
     from common.protocol import InstitutionRound, RoundMetrics, Status
     from server.checkpoints import trained_privacy
-    from server.service.security import model_privacy
 
     mixed = [RoundMetrics(1, {}, institutions={"a": InstitutionRound("human", Status.TRAINED, budget=8.0),
                                                "b": InstitutionRound("mouse", Status.TRAINED, budget=None)})]
     federated = save_checkpoint(tmp_path / "fed", weights=weights, model_config=config, tasks=("promoter",),
                                 round=1, state={"privacy": trained_privacy(mixed)})
-    assert model_privacy(load_checkpoint(federated)) == "non-dp"
+    assert checkpoint_privacy(load_checkpoint(federated)) == "non-dp"
     assert trained_privacy(mixed[:0])["dp"] is None
 
 

@@ -18,8 +18,6 @@ from pathlib import Path
 
 import grpc
 
-from common.checkpoint import Checkpoint, checkpoint_privacy
-
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 
@@ -30,11 +28,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def model_privacy(checkpoint: Checkpoint) -> str:
-    """``dp``, ``non-dp``, ``public`` or ``unknown``: :func:`common.checkpoint.checkpoint_privacy`."""
-    return checkpoint_privacy(checkpoint)
 
 
 def server_credentials(tls_dir: Path) -> grpc.ServerCredentials:

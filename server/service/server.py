@@ -45,7 +45,7 @@ from common.analysis.scoring import (
     score_variants,
     sequence_entropy,
 )
-from common.checkpoint import Checkpoint, load_model
+from common.checkpoint import Checkpoint, checkpoint_privacy, load_model
 from common.data.dataset import GenomicDataset, Record
 from common.evaluation import evaluate
 from common.model import GenomicTransformer
@@ -56,7 +56,6 @@ from server.service import helixfed_pb2_grpc as pb_grpc
 from server.service.security import (
     TokenInterceptor,
     is_loopback,
-    model_privacy,
     read_token,
     server_credentials,
 )
@@ -383,7 +382,7 @@ def run_serve(args: argparse.Namespace) -> int:
         limits = ServiceLimits(max_batch=args.max_batch, max_length=max_length, max_workers=args.max_workers,
                                max_concurrent_rpcs=args.max_concurrent_rpcs,
                                max_rpcs_per_client=args.max_rpcs_per_client)
-        privacy = model_privacy(checkpoint)
+        privacy = checkpoint_privacy(checkpoint)
         if privacy == "non-dp" and not args.allow_non_dp:
             raise ValueError(f"{args.checkpoint}: trained without DP; such a model must not leave the institution "
                              f"(pass --allow-non-dp to serve it anyway, knowing it carries no privacy guarantee)")
