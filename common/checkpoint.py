@@ -72,13 +72,15 @@ def save_checkpoint(path: str | Path, *, weights: dict[str, torch.Tensor], model
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    staging.mkdir(mode=0o700)
+    os.chmod(staging, 0o700)  # mkdir's mode is masked by the umask; a model of private data is not for others
     torch.save({k: v.detach().cpu().contiguous() for k, v in weights.items()}, staging / WEIGHTS_FILE)
     meta = {"format": FORMAT, "version": VERSION, "model": model_config.to_dict(), "tasks": list(tasks),
             "task_declarations": declared_tasks(tasks),  # a model serves exactly its tasks, built-in or declared
             "round": int(round), "weights_sha256": _sha256(staging / WEIGHTS_FILE), "state": state or {}}
     (staging / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True, allow_nan=True))
     for name in (WEIGHTS_FILE, META_FILE):
+        os.chmod(staging / name, 0o600)
         _fsync_file(staging / name)
     fsync_directory(staging)
     if path.exists():  # rename the old one away first: os.replace cannot replace a non-empty dir

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -391,3 +392,20 @@ def test_a_model_is_dp_only_if_its_training_and_its_start_were(site, tmp_path):
     assert trained_privacy(history, start="public")["dp"] is True
     assert trained_privacy(history, start="non-dp")["dp"] is False  # DP fine-tuning of a non-DP start
     assert trained_privacy(history, start="unknown")["dp"] is False
+
+
+def test_state_directories_and_checkpoints_are_private_whatever_the_umask(tmp_path):
+    from common.checkpoint import save_checkpoint
+
+    old = os.umask(0o022)
+    try:
+        PrivacyLedger.open(tmp_path / "state", institution="lab-a", budget_epsilon=8.0, delta=1e-5)
+        model = GenomicTransformer(MODEL, tasks=("promoter",))
+        path = save_checkpoint(tmp_path / "ckpt", weights=model.state_dict(), model_config=MODEL, tasks=model.tasks,
+                               round=1)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "state" / LEDGER_FILENAME).stat().st_mode & 0o777 == 0o600
+    assert path.stat().st_mode & 0o777 == 0o700
+    assert {f.stat().st_mode & 0o777 for f in path.iterdir()} == {0o600}

@@ -125,6 +125,7 @@ class PrivacyLedger:
             raise ValueError(f"institution must be a non-empty string, got {institution!r}")
         path = Path(state_dir) / LEDGER_FILENAME
         path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)  # the institution's own state: not for other users, whatever the umask
         had_lock = lock_path(path).exists()  # before we create it: a lock left by an earlier ledger
         with exclusive_lock(path):
             stored = read_state(path)
