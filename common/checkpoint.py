@@ -161,7 +161,7 @@ def load_model(path: str | Path) -> tuple[GenomicTransformer, Checkpoint]:
     return checkpoint.build_model(), checkpoint
 
 
-def start_from(model: GenomicTransformer, path: Path) -> list[str]:
+def start_from(model: GenomicTransformer, path: Path | Checkpoint) -> list[str]:
     """Load a checkpoint (``model.init_checkpoint``: a pre-trained backbone, or an earlier
     federation's model) into ``model``: the whole backbone must fit; heads and adapters are taken
     where the checkpoint has them with the same shape, and start fresh otherwise.
@@ -172,7 +172,7 @@ def start_from(model: GenomicTransformer, path: Path) -> list[str]:
     Raises:
         CheckpointError: an unreadable checkpoint, or one whose backbone does not fit ``model``.
     """
-    checkpoint = load_checkpoint(path)
+    checkpoint = path if isinstance(path, Checkpoint) else load_checkpoint(path)
     own = model.state_dict()
     fits = {n: w for n, w in checkpoint.weights.items() if n in own and tuple(w.shape) == tuple(own[n].shape)}
     misfits = sorted(n for n in own if head_of(n) is None and not is_adapter(n) and n not in fits)
@@ -202,8 +202,3 @@ def checkpoint_privacy(checkpoint: Checkpoint) -> str:
     if isinstance(recorded, dict) and recorded.get("dp") is not None:
         return "dp" if recorded["dp"] else "non-dp"
     return "unknown"
-
-
-def start_privacy(path: Path | None) -> str | None:
-    """:func:`checkpoint_privacy` of an ``init_checkpoint`` (None: training starts from scratch)."""
-    return None if path is None else checkpoint_privacy(load_checkpoint(path))

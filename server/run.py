@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from common import protocol as p
-from common.checkpoint import start_from, start_privacy
+from common.checkpoint import checkpoint_privacy, load_checkpoint, start_from
 from common.config import FederationConfig
 from common.data.readers import load_dataset
 from common.evaluation import evaluate
@@ -69,14 +69,15 @@ class FederationRun:
     def prepare(self, *, resume: bool) -> FederationRun:
         """Resume from the newest checkpoint, or start a fresh history; load the central data."""
         # Every checkpoint records whether the model is DP, and that depends on where it started.
-        self.checkpoints.start_privacy = start_privacy(self.config.init_checkpoint)
+        init = load_checkpoint(self.config.init_checkpoint) if self.config.init_checkpoint else None
+        self.checkpoints.start_privacy = checkpoint_privacy(init) if init else None
         if resume:
             self._resume()
         else:  # a fresh run starts a fresh history in this directory
             self.metrics.clear()
             self.checkpoints.forget_final()
             if self.config.init_checkpoint:
-                fresh = start_from(self.model, self.config.init_checkpoint)
+                fresh = start_from(self.model, init)
                 log.info("starting from %s (%d tensors fresh)", self.config.init_checkpoint, len(fresh))
                 self.audit("initialised", {"checkpoint": str(self.config.init_checkpoint), "fresh": fresh})
         self.central = self._load_central()

@@ -1,16 +1,14 @@
 """The ClientApp called as Flower calls it (a Message and a Context): train and evaluate replies
 carry weights and aggregate numbers only; a refusal is a reply, not an error."""
 
-import json
 
 import pytest
-import torch
 import yaml
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flower_messages import institution_context, server_request
+from flwr.app import ConfigRecord, Message, MetricRecord
 
 from client import app as client_app
 from common import protocol as p
-from common.config import TrainingConfig
 from common.data.readers import load_dataset
 from common.data.writers import write_split_tables
 from common.finetuning import head_of
@@ -48,17 +46,10 @@ def task_identity():
 
 
 def request(message_type):
-    torch.manual_seed(0)
-    model = GenomicTransformer(MODEL, tasks=TASKS)
-    config = ConfigRecord({p.MODEL_CONFIG: json.dumps(MODEL.to_dict()), p.TASKS: json.dumps(list(TASKS)),
-                           p.TRAINING: TrainingConfig().model_dump_json(), p.SERVER_ROUND: 1})
-    return Message(content=RecordDict({p.ARRAYS: ArrayRecord(model.state_dict()), p.CONFIG: config}),
-                   dst_node_id=7, message_type=message_type)
+    return server_request(message_type, model=MODEL, tasks=TASKS)
 
 
-def context(institution_file):
-    return Context(run_id=1, node_id=7, node_config={"institution": str(institution_file)}, state=RecordDict(),
-                   run_config={})
+context = institution_context
 
 
 def private_strings(institution_file):

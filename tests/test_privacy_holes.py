@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flower_messages import institution_context, server_request
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from client import app as client_app
 from client.commands.privacy import run_privacy
 from client.privacy.ledger import LEDGER_FILENAME, LedgerError, PrivacyLedger
 from common import protocol as p
 from common.cli import main as helixfed
-from common.config import ConfigError, FederationConfig, TrainingConfig, load_config, load_institution
+from common.config import ConfigError, FederationConfig, load_config, load_institution
 from common.data.writers import write_split_tables
 from common.model import GenomicTransformer, ModelConfig, ModelConfigError
 from common.synthetic.generator import generate
@@ -63,19 +64,9 @@ def task_identity():
     TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
 
 
-def request(message_type: str, model_config: ModelConfig = MODEL) -> Message:
-    torch.manual_seed(0)
-    model = GenomicTransformer(MODEL, tasks=TASKS)
-    config = ConfigRecord({p.MODEL_CONFIG: json.dumps(model_config.to_dict()), p.TASKS: json.dumps(list(TASKS)),
-                           p.TRAINING: TrainingConfig().model_dump_json(), p.SERVER_ROUND: 1})
-    return Message(content=RecordDict({p.ARRAYS: ArrayRecord(model.state_dict()), p.CONFIG: config}),
-                   dst_node_id=7, message_type=message_type)
-
-
-def call(message_type: str, institution: Path, **kwargs) -> Message:
-    context = Context(run_id=1, node_id=7, node_config={"institution": str(institution)}, state=RecordDict(),
-                      run_config={})
-    return client_app.app(request(message_type, **kwargs), context)
+def call(message_type: str, institution: Path, model_config: ModelConfig = MODEL) -> Message:
+    request = server_request(message_type, model=MODEL, tasks=TASKS, announced=model_config)
+    return client_app.app(request, institution_context(institution))
 
 
 # ---------------------------------------------------------------- 1. nothing leaves outside the ledger

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from client.agent import InstitutionAgent
 from client.privacy.ledger import BudgetExhausted
-from common.checkpoint import PRIVATE_STARTS, save_checkpoint, start_from, start_privacy
+from common.checkpoint import PRIVATE_STARTS, checkpoint_privacy, load_checkpoint, save_checkpoint, start_from
 from common.config import ConfigError, PrivacyConfig, TrainingConfig, load_federation, load_institution
 from common.data.cli import run_data_command
 from common.model import GenomicTransformer, ModelConfig
@@ -59,9 +59,11 @@ def train_locally(*, institution_file: Path, out_dir: Path, epochs: int, dp: boo
     agent.training = agent.training.model_copy(update={"local_epochs": 1.0})
     torch.manual_seed(agent.training.seed)
     model = GenomicTransformer(model_config, tasks=tuple(institution.tasks))
-    init_privacy = start_privacy(init_checkpoint)  # a DP fine-tune of a non-DP start is not DP
+    init_privacy = None  # from scratch; a DP fine-tune of a non-DP start is not DP
     if init_checkpoint is not None:
-        start_from(model, init_checkpoint)
+        init = load_checkpoint(init_checkpoint)
+        init_privacy = checkpoint_privacy(init)
+        start_from(model, init)
     run_id = f"local-train-{time.strftime('%Y%m%dT%H%M%S')}"
     epochs_done = 0
     for epoch in range(1, epochs + 1):

@@ -76,7 +76,7 @@ def read_bed(path: Path, *, task: TaskSpec, reference: Path, label_file: Path | 
     seen: dict[str, Where] = {}
     with open_reference(reference) as genome:
         for line_no, line in numbered_lines(path):
-            if _is_skipped(line):
+            if is_skipped_line(line):
                 continue
             where = Where(path, line_no)
             interval = parse_interval(line, where)
@@ -90,7 +90,8 @@ def read_bed(path: Path, *, task: TaskSpec, reference: Path, label_file: Path | 
     return records
 
 
-def _is_skipped(line: str) -> bool:
+def is_skipped_line(line: str) -> bool:
+    """Blank lines, ``#`` comments and ``track``/``browser`` lines carry no interval."""
     text = line.strip()
     return not text or text.startswith(("#", "track", "browser"))
 
@@ -110,11 +111,12 @@ def open_reference(reference: Path) -> Iterator[pyfaidx.Fasta]:
         yield genome
 
 
-def parse_interval(line: str, where: Where) -> Interval:
-    """Split and check one BED line (coordinates only; the chromosome is checked by :func:`fetch`)."""
+def parse_interval(line: str, where: Where, *, need_name: bool = True) -> Interval:
+    """Split and check one BED line (coordinates only; the chromosome is checked by :func:`fetch`).
+    ``need_name=False`` also takes a 3-column line (name ``""``): labels then come from elsewhere."""
     fields = line.split()
-    if len(fields) < 4:
-        raise RowError(f"{where}: {len(fields)} fields; expected at least 4: {BED_EXPECTED}")
+    if len(fields) < (4 if need_name else 3):
+        raise RowError(f"{where}: {len(fields)} fields; expected at least {4 if need_name else 3}: {BED_EXPECTED}")
     start, end = _coordinate(fields[1], "start", where), _coordinate(fields[2], "end", where)
     if end <= start:
         raise IntervalError(f"{where}: end {end} is not after start {start}; expected start < end "
@@ -122,7 +124,7 @@ def parse_interval(line: str, where: Where) -> Interval:
     strand = fields[5] if len(fields) >= 6 else "."
     if strand not in ("+", "-", "."):
         raise IntervalError(f"{where}: strand {strand!r}; expected '+', '-' or '.'")
-    return Interval(fields[0], start, end, fields[3], strand)
+    return Interval(fields[0], start, end, fields[3] if len(fields) >= 4 else "", strand)
 
 
 def _coordinate(text: str, what: str, where: Where) -> int:

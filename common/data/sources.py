@@ -27,7 +27,7 @@ chromosome in one split. Every error names the file and line.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -37,11 +37,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from common.data.dataset import Record
 from common.data.negatives import dinucleotide_shuffle, flank_windows
 from common.data.readers import FASTA_SUFFIXES, read_records
-from common.data.readers_bed import Interval, fetch, open_reference
+from common.data.readers_bed import Interval, fetch, is_skipped_line, open_reference, parse_interval
 from common.data.readers_common import (
     IntervalError,
     LabelError,
-    RowError,
     UnknownFormatError,
     Where,
     check_sequence,
@@ -258,16 +257,6 @@ def _add_shuffled(out: SourceRecords, positives_end: int, copies: int, rng: np.r
             out.add(Record(record_id, dinucleotide_shuffle(record.sequence, rng), 0, record.species), chromosome)
 
 
-@dataclass(frozen=True)
-class _Interval:
-    chrom: str
-    start: int
-    end: int
-    strand: str
-    name: str | None
-    where: Where
-
-
 def _read_bed_source(source: TaskSource, task: TaskSpec, out: SourceRecords, seen: dict[str, Where], *,
                      rng: np.random.Generator, species: str, max_len: int | None) -> None:
     negatives = source.negatives
@@ -278,8 +267,8 @@ def _read_bed_source(source: TaskSource, task: TaskSpec, out: SourceRecords, see
     with open_reference(source.reference) as genome:
         lengths = {name: len(genome[name]) for name in genome.keys()}
         positives = [_sized(i, source.window, lengths, source.reference) for i in _bed_lines(source.bed)]
-        for interval in positives:
-            _add_interval(genome, interval, positive_label, task, out, seen, source, species, max_len)
+        for located in positives:
+            _add_interval(genome, located, positive_label, task, out, seen, source, species, max_len)
         if negatives is None:
             return
         if isinstance(negatives, tuple):  # FASTA files of negatives beside the intervals
@@ -289,69 +278,52 @@ def _read_bed_source(source: TaskSource, task: TaskSpec, out: SourceRecords, see
         if negatives.shuffle is not None:
             _add_shuffled(out, len(out.records), negatives.per_positive, rng, seen)
         elif negatives.bed is not None:
-            for interval in _bed_lines(negatives.bed):
-                _add_interval(genome, _sized(interval, source.window, lengths, source.reference), 0, task, out,
+            for located in _bed_lines(negatives.bed):
+                _add_interval(genome, _sized(located, source.window, lengths, source.reference), 0, task, out,
                               seen, source, species, max_len)
         else:
-            spans = [(i.chrom, i.start, i.end) for i in positives]
+            spans = [(i.chrom, i.start, i.end) for i, _ in positives]
             for chrom, start, end in flank_windows(spans, lengths, distance=negatives.flanks):
                 where = Where(source.bed, None, f"flank {chrom}:{start}-{end}")
-                _add_interval(genome, _Interval(chrom, start, end, "+", None, where), 0, task, out, seen,
+                _add_interval(genome, (Interval(chrom, start, end, "", "+"), where), 0, task, out, seen,
                               source, species, max_len)
 
 
-def _bed_lines(path: Path) -> list[_Interval]:
+def _bed_lines(path: Path) -> list[tuple[Interval, Where]]:
     require_file(path, "BED file")
-    intervals = []
-    for line_no, line in numbered_lines(path):
-        text = line.strip()
-        if not text or text.startswith(("#", "track", "browser")):
-            continue
-        where = Where(path, line_no)
-        fields = text.split()
-        if len(fields) < 3:
-            raise RowError(f"{where}: {len(fields)} fields; expected chrom<TAB>start<TAB>end[<TAB>name"
-                           f"<TAB>score<TAB>strand]")
-        try:
-            start, end = int(fields[1]), int(fields[2])
-        except ValueError as err:
-            raise IntervalError(f"{where}: start/end {fields[1]!r}/{fields[2]!r} are not integers; expected "
-                                f"0-based coordinates") from err
-        if start < 0 or end <= start:
-            raise IntervalError(f"{where}: interval {start}-{end}; expected 0 <= start < end (0-based, half-open)")
-        strand = fields[5] if len(fields) >= 6 else "."
-        if strand not in ("+", "-", "."):
-            raise IntervalError(f"{where}: strand {strand!r}; expected '+', '-' or '.'")
-        intervals.append(_Interval(fields[0], start, end, strand, fields[3] if len(fields) >= 4 else None, where))
+    intervals = [(parse_interval(line, Where(path, line_no), need_name=False), Where(path, line_no))
+                 for line_no, line in numbered_lines(path) if not is_skipped_line(line)]
     if not intervals:
         raise IntervalError(f"{path}: BED file holds no intervals")
     return intervals
 
 
-def _sized(interval: _Interval, window: int | None, lengths: dict[str, int], reference: Path) -> _Interval:
+def _sized(located: tuple[Interval, Where], window: int | None, lengths: dict[str, int],
+           reference: Path) -> tuple[Interval, Where]:
     """The interval resized to ``window`` bases around its centre, shifted inside its contig."""
+    interval, where = located
     if interval.chrom not in lengths:
-        raise IntervalError(f"{interval.where}: chromosome {interval.chrom!r} is not in reference {reference}")
+        raise IntervalError(f"{where}: chromosome {interval.chrom!r} is not in reference {reference}")
     if window is None:
-        return interval
+        return located
     length = lengths[interval.chrom]
     if length < window:
-        raise IntervalError(f"{interval.where}: {interval.chrom} is {length} bases long in {reference}, "
+        raise IntervalError(f"{where}: {interval.chrom} is {length} bases long in {reference}, "
                             f"shorter than window {window}")
     start = (interval.start + interval.end) // 2 - window // 2
     start = min(max(start, 0), length - window)  # near a contig end the window shifts inward
-    return _Interval(interval.chrom, start, start + window, interval.strand, interval.name, interval.where)
+    return replace(interval, start=start, end=start + window), where
 
 
-def _add_interval(genome, interval: _Interval, label: int | None, task: TaskSpec, out: SourceRecords,
-                  seen: dict[str, Where], source: TaskSource, species: str, max_len: int | None) -> None:
-    where = interval.where
-    sequence = fetch(genome, Interval(interval.chrom, interval.start, interval.end, interval.name or "",
-                                      interval.strand), where, source.reference)
+def _add_interval(genome, located: tuple[Interval, Where], label: int | None, task: TaskSpec,
+                  out: SourceRecords, seen: dict[str, Where], source: TaskSource, species: str,
+                  max_len: int | None) -> None:
+    interval, where = located
+    sequence = fetch(genome, interval, where, source.reference)
     strand = "" if interval.strand == "." else f"({interval.strand})"
     record_id = f"{interval.chrom}:{interval.start}-{interval.end}{strand}"
     if label is None:  # labels from the name column, as the plain BED reader reads them
-        if interval.name is None:
+        if not interval.name:
             raise LabelError(f"{where}: no name column to read a label from; expected id|label in column 4, "
                              f"or label: / negatives: in the source")
         record_id, label, _ = parse_labelled_name(interval.name, task, where)
