@@ -61,7 +61,7 @@ class InstitutionAgent:
         privacy = self.config.privacy
         return PrivacyLedger.open(self.config.state_dir, institution=self.config.name,
                                   budget_epsilon=privacy.epsilon, delta=privacy.delta,
-                                  accountant=privacy.accountant)
+                                  accountant=privacy.accountant, key_file=privacy.ledger_key)
 
     def data(self, split: str) -> dict[str, GenomicDataset]:
         if split not in self._data:

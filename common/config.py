@@ -136,6 +136,9 @@ class PrivacyConfig(StrictModel):
     # Federated evaluation sends metrics computed on the institution's raw test split: not DP and not
     # in the ledger. Off unless the institution opts in (the server asks only if fraction_evaluate > 0).
     share_evaluation: bool = False
+    # The secret sealing the ledger (HMAC); default privacy_ledger.key in the state directory. Kept
+    # elsewhere (e.g. beside the SuperNode key), editing the state directory cannot forge a ledger.
+    ledger_key: Path | None = None
     noise_multiplier: float | None = Field(None, ge=0.0)  # fixed sigma, or
     planned_rounds: int | None = Field(None, ge=1)  # choose sigma so this many rounds fit the budget
 
@@ -438,6 +441,9 @@ def _with_directories(config: InstitutionConfig, file_dir: Path, *, data_root: P
             updates[key] = (file_dir / value).resolve()
         elif value is None and root is not None:
             updates[key] = root / config.name
+    key = config.privacy.ledger_key
+    if key is not None and not key.is_absolute():
+        updates["privacy"] = config.privacy.model_copy(update={"ledger_key": (file_dir / key).resolve()})
     return config.model_copy(update=updates) if updates else config
 
 

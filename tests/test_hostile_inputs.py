@@ -186,35 +186,38 @@ def good_ledger(state: Path) -> dict:
     return json.loads((state / LEDGER_FILENAME).read_text())
 
 
-def _resigned(document: dict) -> dict:
-    from client.privacy.ledger_file import _checksum
-    document["checksum"] = _checksum(document["payload"])
+def _resigned(document: dict, state: Path) -> dict:  # resealed by someone holding the key
+    from client.privacy.ledger_file import _mac
+    document["mac"] = _mac(bytes.fromhex((state / "privacy_ledger.key").read_text()), document["payload"])
     return document
 
 
 LEDGER_PROBES = [
-    (lambda d: b"", "not valid JSON"),
-    (lambda d: b"\xff\xfe", "not UTF-8"),
-    (lambda d: json.dumps(d)[:-40].encode(), "not valid JSON"),
-    (lambda d: json.dumps({**d, "format": "x"}).encode(), "not a helixfed privacy ledger"),
-    (lambda d: json.dumps({**d, "version": 99}).encode(), "version 99 is not supported"),
-    (lambda d: json.dumps({**d, "payload": []}).encode(), "no 'payload' object"),
-    (lambda d: json.dumps({**d, "payload": {**d["payload"], "history": []}}).encode(), "checksum mismatch"),
-    (lambda d: json.dumps(_resigned({**d, "payload": {**d["payload"], "history": []}})).encode(),
+    (lambda d, s: b"", "not valid JSON"),
+    (lambda d, s: b"\xff\xfe", "not UTF-8"),
+    (lambda d, s: json.dumps(d)[:-40].encode(), "not valid JSON"),
+    (lambda d, s: json.dumps({**d, "format": "x"}).encode(), "not a helixfed privacy ledger"),
+    (lambda d, s: json.dumps({**d, "version": 99}).encode(), "version 99 is not supported"),
+    (lambda d, s: json.dumps({**d, "payload": []}).encode(), "no 'payload' object"),
+    (lambda d, s: json.dumps({**d, "payload": {**d["payload"], "history": []}}).encode(), "MAC mismatch"),
+    (lambda d, s: json.dumps(_resigned({**d, "payload": {**d["payload"], "history": []}}, s)).encode(),
      "'history' does not match its 'rounds'"),
-    (lambda d: json.dumps(_resigned({**d, "payload": {**d["payload"], "delta": 7}})).encode(), "delta"),
-    (lambda d: json.dumps(_resigned({**d, "payload": {**d["payload"], "institution": 3}})).encode(), "institution"),
-    (lambda d: json.dumps(_resigned({**d, "payload": {**d["payload"], "accountant": "gdp"}})).encode(),
+    (lambda d, s: json.dumps(_resigned({**d, "payload": {**d["payload"], "delta": 7}}, s)).encode(), "delta"),
+    (lambda d, s: json.dumps(_resigned({**d, "payload": {**d["payload"], "institution": 3}}, s)).encode(), "institution"),
+    (lambda d, s: json.dumps(_resigned({**d, "payload": {**d["payload"], "accountant": "gdp"}}, s)).encode(),
      "accountant"),
-    (lambda d: json.dumps(d).replace('"budget_epsilon": 8.0', '"budget_epsilon": NaN').encode(),
+    (lambda d, s: json.dumps(d).replace('"budget_epsilon": 8.0', '"budget_epsilon": NaN').encode(),
      "non-finite|not valid JSON"),
+    (lambda d, s: json.dumps({**d, "mac": d["mac"].upper()}).encode(), "MAC mismatch"),
+    (lambda d, s: json.dumps({k: v for k, v in d.items() if k != "mac"}).encode(), "MAC mismatch"),
+    (lambda d, s: json.dumps({**d, "version": 1, "checksum": "sha256:00"}).encode(), "unkeyed .*downgrade"),
 ]
 
 
 @pytest.mark.parametrize("damage, message", LEDGER_PROBES, ids=[m[:28] for _, m in LEDGER_PROBES])
 def test_a_damaged_ledger_stops_the_agent_and_is_never_replaced(tmp_path, damage, message):
     document = good_ledger(tmp_path)
-    (tmp_path / LEDGER_FILENAME).write_bytes(damage(document))
+    (tmp_path / LEDGER_FILENAME).write_bytes(damage(document, tmp_path))
     before = tree_hash(tmp_path)
 
     with pytest.raises(LedgerError, match=message):

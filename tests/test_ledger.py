@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 import queue
@@ -27,6 +28,7 @@ from opacus.accountants import RDPAccountant
 
 from client.commands.privacy import add_privacy_parser
 from client.privacy.ledger import (
+    KEY_FILENAME,
     LEDGER_FILENAME,
     BudgetExhausted,
     LedgerError,
@@ -421,16 +423,19 @@ def test_writer_killed_inside_a_write_leaves_the_old_or_the_new_ledger(tmp_path,
     assert bool(list(tmp_path.glob("*.tmp"))) == (survives == "old")  # it did die inside the write
 
 
-def checksum(payload) -> str:
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return "sha256:" + hashlib.sha256(canonical.encode("ascii")).hexdigest()
+def canonical(payload) -> bytes:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
-def edit_document(raw: bytes, edit, *, reseal: bool) -> bytes:
+def seal(payload, key: bytes) -> str:  # what someone holding the ledger key can do
+    return "hmac-sha256:" + hmac.new(key, canonical(payload), hashlib.sha256).hexdigest()
+
+
+def edit_document(raw: bytes, edit, *, reseal: bool, key: bytes = b"") -> bytes:
     document = json.loads(raw)
     edit(document)
     if reseal:
-        document["checksum"] = checksum(document["payload"])
+        document["mac"] = seal(document["payload"], key)
     return json.dumps(document).encode()
 
 
@@ -439,16 +444,17 @@ def fewer_steps(document):  # the edit that would under-report ε
 
 
 DAMAGES = {
-    "truncated": (lambda raw: raw[: len(raw) // 2], "not valid JSON"),
-    "empty": (lambda raw: b"", "not valid JSON"),
-    "garbled": (lambda raw: raw[:40] + b"\xff\x00\x13" + raw[43:], "not UTF-8|not valid JSON"),
-    "not a ledger": (lambda raw: b"[]", "not a helixfed privacy ledger"),
-    "checksum": (lambda raw: edit_document(raw, fewer_steps, reseal=False), "checksum mismatch"),
-    "version": (lambda raw: edit_document(raw, lambda d: d.update(version=2), reseal=False),
-                "version 2 is not supported"),
-    "history": (lambda raw: edit_document(raw, fewer_steps, reseal=True), "does not match its 'rounds'"),
-    "field type": (lambda raw: edit_document(raw, lambda d: d["payload"].update(delta="1e-5"), reseal=True),
-                   r"payload\.delta must be"),
+    "truncated": (lambda raw, key: raw[: len(raw) // 2], "not valid JSON"),
+    "empty": (lambda raw, key: b"", "not valid JSON"),
+    "garbled": (lambda raw, key: raw[:40] + b"\xff\x00\x13" + raw[43:], "not UTF-8|not valid JSON"),
+    "not a ledger": (lambda raw, key: b"[]", "not a helixfed privacy ledger"),
+    "mac": (lambda raw, key: edit_document(raw, fewer_steps, reseal=False), "MAC mismatch"),
+    "other key": (lambda raw, key: edit_document(raw, fewer_steps, reseal=True, key=b"k" * 32), "MAC mismatch"),
+    "version": (lambda raw, key: edit_document(raw, lambda d: d.update(version=3), reseal=False),
+                "version 3 is not supported"),
+    "history": (lambda raw, key: edit_document(raw, fewer_steps, reseal=True, key=key), "does not match its 'rounds'"),
+    "field type": (lambda raw, key: edit_document(raw, lambda d: d["payload"].update(delta="1e-5"), reseal=True,
+                                                  key=key), r"payload\.delta must be"),
 }
 
 
@@ -456,8 +462,9 @@ DAMAGES = {
 def test_damaged_ledger_raises_and_is_left_untouched(tmp_path, damage):
     record_fl_rounds(open_ledger(tmp_path), rounds=(1, 2))
     path = tmp_path / LEDGER_FILENAME
+    key = bytes.fromhex((tmp_path / KEY_FILENAME).read_text())
     damage_file, reason = DAMAGES[damage]
-    path.write_bytes(damage_file(path.read_bytes()))
+    path.write_bytes(damage_file(path.read_bytes(), key))
     damaged = path.read_bytes()
 
     with pytest.raises(LedgerError, match=rf"{LEDGER_FILENAME}: .*({reason})"):
@@ -466,6 +473,90 @@ def test_damaged_ledger_raises_and_is_left_untouched(tmp_path, damage):
         PrivacyLedger.load(tmp_path)
 
     assert path.read_bytes() == damaged
+
+
+# ---------------------------------------------------------------- the ledger key
+
+
+def unkeyed_document(payload) -> bytes:  # a version-1 ledger, as helixfed wrote it before keys
+    checksum = "sha256:" + hashlib.sha256(canonical(payload)).hexdigest()
+    return json.dumps({"format": "helixfed-privacy-ledger", "version": 1, "checksum": checksum,
+                       "payload": payload}).encode()
+
+
+def test_a_new_ledger_gets_a_private_random_key_and_is_sealed_with_it(tmp_path):
+    record_fl_rounds(open_ledger(tmp_path), rounds=(1,))
+    other = tmp_path / "other"
+    record_fl_rounds(open_ledger(other), rounds=(1,))
+    key_path = tmp_path / KEY_FILENAME
+    assert key_path.stat().st_mode & 0o777 == 0o600
+    assert key_path.read_bytes() != (other / KEY_FILENAME).read_bytes()  # per institution, random
+    document = json.loads((tmp_path / LEDGER_FILENAME).read_text())
+    assert document["version"] == 2 and "checksum" not in document
+    assert document["mac"] == seal(document["payload"], bytes.fromhex(key_path.read_text()))
+
+
+def test_an_edit_resealed_with_an_unkeyed_checksum_is_refused(tmp_path):
+    """The attack of issue 14: lower the steps and recompute a sha256 — as version 1 or beside the MAC."""
+    record_fl_rounds(open_ledger(tmp_path), rounds=(1, 2))
+    path = tmp_path / LEDGER_FILENAME
+    document = json.loads(path.read_text())
+    fewer_steps(document)
+    for forged, reason in ((unkeyed_document(document["payload"]), "unkeyed .*downgrade"),
+                           (edit_document(path.read_bytes(), fewer_steps, reseal=False), "MAC mismatch")):
+        path.write_bytes(forged)
+        with pytest.raises(LedgerError, match=reason):
+            open_ledger(tmp_path)
+        with pytest.raises(LedgerError, match=reason):
+            PrivacyLedger.load(tmp_path)
+        assert path.read_bytes() == forged
+
+
+def test_a_keyed_ledger_without_its_key_is_refused_and_no_key_is_made(tmp_path):
+    record_fl_rounds(open_ledger(tmp_path), rounds=(1,))
+    (tmp_path / KEY_FILENAME).unlink()
+    ledger_bytes = (tmp_path / LEDGER_FILENAME).read_bytes()
+    with pytest.raises(LedgerError, match="key file is missing"):
+        open_ledger(tmp_path)
+    assert not (tmp_path / KEY_FILENAME).exists()
+    assert (tmp_path / LEDGER_FILENAME).read_bytes() == ledger_bytes
+
+
+def test_a_key_kept_outside_the_state_directory(tmp_path):
+    """Kept beside the SuperNode key, whoever can write only the state directory cannot forge the ledger."""
+    key_file = tmp_path / "keys" / "ledger.key"
+    ledger = PrivacyLedger.open(tmp_path / "state", institution="lab", budget_epsilon=8.0, delta=DELTA,
+                                key_file=key_file)
+    record_fl_rounds(ledger, rounds=(1,))
+    assert key_file.is_file() and not (tmp_path / "state" / KEY_FILENAME).exists()
+    assert PrivacyLedger.load(tmp_path / "state", key_file=key_file).epsilon() == pytest.approx(FL_EPSILONS[0], abs=1e-3)
+    with pytest.raises(LedgerError, match="key file is missing"):
+        PrivacyLedger.load(tmp_path / "state")  # the state directory alone cannot verify it
+
+
+def test_an_unkeyed_version_1_ledger_is_upgraded_once_keeping_every_step(tmp_path):
+    record_fl_rounds(open_ledger(tmp_path), rounds=(1, 2))
+    payload = json.loads((tmp_path / LEDGER_FILENAME).read_text())["payload"]
+    (tmp_path / LEDGER_FILENAME).write_bytes(unkeyed_document(payload))
+    (tmp_path / KEY_FILENAME).unlink()
+    assert PrivacyLedger.load(tmp_path).epsilon() == pytest.approx(FL_EPSILONS[1], abs=1e-3)  # read-only: not upgraded
+    assert not (tmp_path / KEY_FILENAME).exists()
+
+    ledger = open_ledger(tmp_path)
+
+    assert ledger.epsilon() == pytest.approx(FL_EPSILONS[1], abs=1e-3)
+    document = json.loads((tmp_path / LEDGER_FILENAME).read_text())
+    assert document["version"] == 2 and document["payload"] == payload
+    assert document["mac"] == seal(payload, bytes.fromhex((tmp_path / KEY_FILENAME).read_text()))
+
+
+@pytest.mark.parametrize("content", [b"", b"zz" * 32, b"00" * 16, b"\xff" * 64])
+def test_a_malformed_key_is_refused_and_never_replaced(tmp_path, content):
+    record_fl_rounds(open_ledger(tmp_path), rounds=(1,))
+    (tmp_path / KEY_FILENAME).write_bytes(content)
+    with pytest.raises(LedgerError, match=f"{KEY_FILENAME}: not a privacy ledger key"):
+        open_ledger(tmp_path)
+    assert (tmp_path / KEY_FILENAME).read_bytes() == content
 
 
 def test_ledger_replaced_behind_a_running_client_is_refused(tmp_path):

@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 
 from client import app as client_app
 from client.commands.privacy import run_privacy
-from client.privacy.ledger import LEDGER_FILENAME, LedgerError, PrivacyLedger
+from client.privacy.ledger import KEY_FILENAME, LEDGER_FILENAME, LedgerError, PrivacyLedger
 from common import protocol as p
 from common.cli import main as helixfed
 from common.config import ConfigError, FederationConfig, load_config, load_institution
@@ -115,6 +115,15 @@ def test_a_deleted_ledger_is_never_restarted_from_zero(tmp_path):
     assert tree_hash(tmp_path) == before and not (tmp_path / LEDGER_FILENAME).exists()
 
 
+def privacy_args(*argv: str):
+    import argparse
+
+    from client.commands.privacy import add_privacy_parser
+    parser = argparse.ArgumentParser()
+    add_privacy_parser(parser.add_subparsers())
+    return parser.parse_args(["privacy", *argv])
+
+
 def test_a_crash_left_temp_file_is_kept_and_can_be_promoted_after_verification(tmp_path, capsys):
     epsilon = trained_ledger(tmp_path)
     temp = tmp_path / f".{LEDGER_FILENAME}.k3x9.tmp"
@@ -123,7 +132,7 @@ def test_a_crash_left_temp_file_is_kept_and_can_be_promoted_after_verification(t
     with pytest.raises(LedgerError, match=r"--promote .*k3x9\.tmp"):
         PrivacyLedger.open(tmp_path, institution="lab-a", budget_epsilon=8.0, delta=1e-5)
     assert temp.exists()
-    args = type("Args", (), {"state_dir": str(tmp_path), "json": True, "promote": str(temp)})()
+    args = privacy_args("--state-dir", str(tmp_path), "--json", "--promote", str(temp))
     assert run_privacy(args) == 0
     assert json.loads(capsys.readouterr().out)["epsilon"] == pytest.approx(epsilon)
     assert PrivacyLedger.open(tmp_path, institution="lab-a", budget_epsilon=8.0, delta=1e-5).epsilon() == epsilon
@@ -137,7 +146,7 @@ def test_a_tampered_temp_file_is_not_promoted(tmp_path):
     temp.write_text(json.dumps(document))
     (tmp_path / LEDGER_FILENAME).unlink()
 
-    args = type("Args", (), {"state_dir": str(tmp_path), "json": False, "promote": str(temp)})()
+    args = privacy_args("--state-dir", str(tmp_path), "--promote", str(temp))
     assert run_privacy(args) == 1
     assert not (tmp_path / LEDGER_FILENAME).exists()
 
@@ -272,6 +281,25 @@ def test_the_server_rejects_an_institution_whose_epsilon_went_down():
     assert reports["lab-b"].status == p.Status.TRAINED
     averaged = {name for weights in strategy.rounds[2].aggregation.values() for name in weights}
     assert averaged == {"lab-b"}  # the rolled-back institution's update is never averaged
+
+
+def test_an_agent_seals_its_ledger_with_the_key_its_config_names(site):
+    """`privacy.ledger_key` resolves against the institution file; the key never lands in the state dir,
+    so whoever can edit the state directory alone cannot reseal an edited history."""
+    config = yaml.safe_load(site.read_text())
+    config["privacy"]["ledger_key"] = "keys/ledger.key"
+    site.write_text(yaml.safe_dump(config))
+
+    reply = call("train", site)
+
+    assert reply.content[p.META][p.STATUS] == p.Status.TRAINED
+    key_file = site.parent / "keys" / "ledger.key"
+    state = site.parent / "state"
+    assert key_file.stat().st_mode & 0o777 == 0o600 and not (state / KEY_FILENAME).exists()
+    epsilon = PrivacyLedger.load(state, key_file=key_file).epsilon()
+    assert epsilon == pytest.approx(reply.content[p.METRICS][p.EPSILON])
+    with pytest.raises(LedgerError, match="key file is missing"):
+        PrivacyLedger.load(state)
 
 
 # ---------------------------------------------------------------- hostile checkpoints

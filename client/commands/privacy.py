@@ -6,12 +6,13 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from client.privacy.ledger import LEDGER_FILENAME, LedgerError, PrivacyLedger, promote_temp_file
+from client.privacy.ledger import KEY_FILENAME, LEDGER_FILENAME, LedgerError, PrivacyLedger, promote_temp_file
 
 EXIT_OK = 0
 EXIT_LEDGER_ERROR = 1
@@ -30,6 +31,8 @@ def add_privacy_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         "privacy", help="show the privacy budget an institution has spent",
         description=f"Read the institution's privacy ledger ({LEDGER_FILENAME}) and report ε spent.")
     parser.add_argument("--state-dir", required=True, help="the institution's state directory")
+    parser.add_argument("--key-file", type=Path, default=None,
+                        help=f"the ledger's key (privacy.ledger_key; default {KEY_FILENAME} in the state directory)")
     parser.add_argument("--json", action="store_true", help="print one machine-readable JSON object")
     parser.add_argument("--promote", metavar="TEMP_FILE", default=None,
                         help="restore a missing ledger from the temp file a crash left (verified first)")
@@ -47,8 +50,8 @@ def run_privacy(args: argparse.Namespace) -> int:
         0 on success, 1 when the ledger is missing or unreadable (the error goes to stderr).
     """
     try:
-        ledger = (promote_temp_file(args.state_dir, args.promote) if args.promote
-                  else PrivacyLedger.load(args.state_dir))
+        ledger = (promote_temp_file(args.state_dir, args.promote, key_file=args.key_file) if args.promote
+                  else PrivacyLedger.load(args.state_dir, key_file=args.key_file))
     except LedgerError as error:
         print(f"helixfed privacy: {error}", file=sys.stderr)
         return EXIT_LEDGER_ERROR

@@ -85,7 +85,8 @@ def check_institution(path: Path) -> None:
     if config.privacy.enabled:
         privacy = config.privacy
         ledger = PrivacyLedger.open(config.state_dir, institution=config.name, budget_epsilon=privacy.epsilon,
-                                    delta=privacy.delta, accountant=privacy.accountant)
+                                    delta=privacy.delta, accountant=privacy.accountant,
+                                    key_file=privacy.ledger_key)
         console.print(f"{config.name} ({config.species}): tasks {', '.join(config.tasks)}; "
                       f"epsilon spent {ledger.epsilon():.3f} of {privacy.epsilon:g}")
 

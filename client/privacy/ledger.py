@@ -12,12 +12,14 @@ Guarantees:
 - The budget is never passed: a round is gated before training (`check_budget`) and refused
   again when recorded (`record_round`).
 - The ledger is never lost: writes are atomic (temp file, fsync, rename, fsync of the
-  directory) under an exclusive lock; a file that is unreadable, torn, edited (checksum) or of
+  directory) under an exclusive lock; a file that is unreadable, torn, edited (keyed MAC) or of
   an unknown version raises `LedgerError` and is left on disk untouched, never replaced.
+- Editing is evident: the payload is sealed with HMAC-SHA256 under the institution's ledger key
+  (see `client.privacy.ledger_file` for what that does and does not protect against).
 
 File format (`LEDGER_FILENAME`, format `LEDGER_FORMAT`, version `LEDGER_VERSION`):
-    {"format": "helixfed-privacy-ledger", "version": 1,
-     "checksum": "sha256:<hex of the canonical JSON of payload>",
+    {"format": "helixfed-privacy-ledger", "version": 2,
+     "mac": "hmac-sha256:<hex of HMAC(key, canonical JSON of payload)>",
      "payload": {"institution", "accountant", "delta", "budget_epsilon", "created",
                  "history": [[sigma, q, steps], ...],
                  "rounds": [{"run_id", "round", "segments": [[sigma, q, steps], ...],
@@ -60,22 +62,25 @@ from client.privacy.accounting import (
     validate_segment,
 )
 from client.privacy.ledger_file import (
+    KEY_FILENAME,
     LEDGER_FORMAT,
     LEDGER_VERSION,
     BudgetChange,
     LedgerError,
     LedgerState,
     RoundEntry,
+    create_key,
     earlier_traces,
     exclusive_lock,
     lock_path,
     mark_created,
+    read_key,
     read_state,
     remove_stale_temp_files,
     write_state,
 )
 
-__all__ = ["ACCOUNTANTS", "DEFAULT_ACCOUNTANT", "LEDGER_FILENAME", "LEDGER_FORMAT", "LEDGER_VERSION", "BudgetChange",
+__all__ = ["ACCOUNTANTS", "DEFAULT_ACCOUNTANT", "KEY_FILENAME", "LEDGER_FILENAME", "LEDGER_FORMAT", "LEDGER_VERSION", "BudgetChange",
            "BudgetCheck", "BudgetExhausted", "LedgerError", "PrivacyLedger", "RoundEntry", "Segment",
            "compute_epsilon", "plan_noise_multiplier", "validate_segment"]
 
@@ -90,10 +95,11 @@ log = logging.getLogger(__name__)
 class PrivacyLedger:
     """The institution's cumulative (ε, δ) account, persisted in its state directory."""
 
-    def __init__(self, path: Path, state: LedgerState):
+    def __init__(self, path: Path, state: LedgerState, key: bytes | None):
         """Use `PrivacyLedger.open` or `PrivacyLedger.load`; this only wraps a verified state."""
         self._path = path
         self._state = state
+        self._key = key  # None only for a version-1 ledger loaded read-only
         # The budget this process was configured with; if another process sharing the state directory
         # changes the file's budget meanwhile, the stricter of the two is enforced.
         self._configured_budget = state.budget_epsilon
@@ -102,7 +108,8 @@ class PrivacyLedger:
 
     @classmethod
     def open(cls, state_dir: str | os.PathLike[str], *, institution: str, budget_epsilon: float,
-             delta: float, accountant: str = DEFAULT_ACCOUNTANT) -> PrivacyLedger:
+             delta: float, accountant: str = DEFAULT_ACCOUNTANT,
+             key_file: str | os.PathLike[str] | None = None) -> PrivacyLedger:
         """Open the institution's ledger for training, creating it only if no ledger file exists.
 
         Args:
@@ -111,13 +118,15 @@ class PrivacyLedger:
             budget_epsilon: the total ε the institution allows; a change is recorded in the file.
             delta: the δ of the guarantee; must match the ledger's.
             accountant: "rdp" (default, conservative) or "prv"; must match the ledger's.
+            key_file: the key sealing the ledger (default `KEY_FILENAME` in `state_dir`); created with
+                a new ledger, or when a version-1 (unkeyed) ledger is upgraded.
 
         Returns:
             The ledger, continuing every step already recorded.
 
         Raises:
-            LedgerError: the file is unreadable, corrupt, of another version, or was made for another
-                institution, δ or accountant.
+            LedgerError: the file is unreadable, corrupt, edited, of another version, sealed with another
+                key or its key is missing, or was made for another institution, δ or accountant.
             ValueError: an argument is out of range.
         """
         check_budget_args(budget_epsilon=budget_epsilon, delta=delta, accountant=accountant)
@@ -126,9 +135,12 @@ class PrivacyLedger:
         path = Path(state_dir) / LEDGER_FILENAME
         path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(path.parent, 0o700)  # the institution's own state: not for other users, whatever the umask
+        key_path = _key_path(path, key_file)
         had_lock = lock_path(path).exists()  # before we create it: a lock left by an earlier ledger
         with exclusive_lock(path):
-            stored = read_state(path)
+            key = read_key(key_path)
+            stored = read_state(path, key, allow_unkeyed=True)
+            upgrade = stored is not None and key is None  # a version-1 ledger from before keys
             if stored is None:
                 _refuse_to_restart(path, earlier_traces(path, had_lock=had_lock))
                 state = LedgerState(institution=institution, accountant=accountant, delta=float(delta),
@@ -138,28 +150,36 @@ class PrivacyLedger:
                 _check_identity(path, stored, institution=institution, delta=delta, accountant=accountant)
                 mark_created(path, stored.institution)  # ledgers from before the marker existed get one
                 state = _with_budget(stored, float(budget_epsilon))
-            if state != stored:
-                write_state(path, state)
-        return cls(path, state)
+            if key is None:
+                key = create_key(key_path)
+            if upgrade:
+                log.warning("%s: unkeyed (version 1) ledger sealed with the new key %s", path, key_path)
+            if state != stored or upgrade:
+                write_state(path, state, key)
+        return cls(path, state, key)
 
     @classmethod
-    def load(cls, state_dir: str | os.PathLike[str]) -> PrivacyLedger:
+    def load(cls, state_dir: str | os.PathLike[str], *,
+             key_file: str | os.PathLike[str] | None = None) -> PrivacyLedger:
         """Read an existing ledger without changing it (for reports).
 
         Args:
             state_dir: the institution's state directory.
+            key_file: the key sealing the ledger (default `KEY_FILENAME` in `state_dir`).
 
         Returns:
-            The ledger as stored.
+            The ledger as stored (a version-1 ledger, read where no key exists, cannot record rounds).
 
         Raises:
-            LedgerError: there is no ledger there, or it is unreadable, corrupt or of another version.
+            LedgerError: there is no ledger there, or it is unreadable, corrupt, edited, of another
+                version, or its key is missing or another.
         """
         path = Path(state_dir) / LEDGER_FILENAME
-        state = read_state(path)
+        key = read_key(_key_path(path, key_file))
+        state = read_state(path, key, allow_unkeyed=True)
         if state is None:
             raise LedgerError(f"{path}: no privacy ledger here (has this institution trained yet?)")
-        return cls(path, state)
+        return cls(path, state, key)
 
     # -- what it holds
 
@@ -297,6 +317,9 @@ class PrivacyLedger:
         spent = round_segments(noise_multiplier, sample_rate, steps, segments)
         if not is_int(round) or round < 0:
             raise ValueError(f"round must be an integer >= 0, got {round!r}")
+        if self._key is None:
+            raise LedgerError(f"{self._path}: an unkeyed ledger loaded read-only cannot record rounds; "
+                              "open it with PrivacyLedger.open")
         with exclusive_lock(self._path):
             state = self._reload()  # another process may have recorded since we read the file
             history = extend_history(state.history, spent)
@@ -308,12 +331,12 @@ class PrivacyLedger:
                                time=time.time())
             state = replace(state, history=history, rounds=state.rounds + (entry,))
             remove_stale_temp_files(self._path)
-            write_state(self._path, state)
+            write_state(self._path, state, self._key)
         self._state = state
         return entry
 
     def _reload(self) -> LedgerState:
-        state = read_state(self._path)
+        state = read_state(self._path, self._key)
         if state is None:
             raise LedgerError(f"{self._path}: privacy ledger disappeared while in use; refusing to start "
                               "a new one")
@@ -343,21 +366,30 @@ def _refuse_to_restart(path: Path, traces: list[Path]) -> None:
             f"one; only if this institution never trained here, delete those files by hand.")
 
 
-def promote_temp_file(state_dir: str | os.PathLike[str], candidate: str | os.PathLike[str]) -> PrivacyLedger:
-    """Restore a ledger from a temp file a crash left behind, after verifying it (format, checksum,
-    history); refused when a ledger exists. The temp file is kept."""
+def promote_temp_file(state_dir: str | os.PathLike[str], candidate: str | os.PathLike[str], *,
+                      key_file: str | os.PathLike[str] | None = None) -> PrivacyLedger:
+    """Restore a ledger from a temp file a crash left behind, after verifying it (format, MAC under
+    the institution's key, history); refused when a ledger exists. The temp file is kept."""
     path = Path(state_dir) / LEDGER_FILENAME
     candidate = Path(candidate)
+    key_path = _key_path(path, key_file)
     with exclusive_lock(path):
         if path.exists():
             raise LedgerError(f"{path}: a ledger exists; nothing to promote")
-        state = read_state(candidate)
+        key = read_key(key_path)
+        state = read_state(candidate, key, allow_unkeyed=True)
         if state is None:
             raise LedgerError(f"{candidate}: no such file")
-        write_state(path, state)
+        key = key if key is not None else create_key(key_path)
+        write_state(path, state, key)
         mark_created(path, state.institution)
-    log.warning("%s: ledger restored from %s (epsilon %.4f)", path, candidate, PrivacyLedger(path, state).epsilon())
-    return PrivacyLedger(path, state)
+    ledger = PrivacyLedger(path, state, key)
+    log.warning("%s: ledger restored from %s (epsilon %.4f)", path, candidate, ledger.epsilon())
+    return ledger
+
+
+def _key_path(ledger_path: Path, key_file: str | os.PathLike[str] | None) -> Path:
+    return Path(key_file) if key_file is not None else ledger_path.with_name(KEY_FILENAME)
 
 
 def _check_identity(path: Path, state: LedgerState, *, institution: str, delta: float, accountant: str) -> None:

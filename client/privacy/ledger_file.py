@@ -1,14 +1,25 @@
-"""The ledger's file: a checksummed JSON document, parsed strictly, written atomically
-(temp file, fsync, rename, fsync of the directory) under an exclusive lock."""
+"""The ledger's file: a JSON document sealed with a keyed MAC, parsed strictly, written atomically
+(temp file, fsync, rename, fsync of the directory) under an exclusive lock.
+
+Why keyed: an unkeyed checksum (version 1, sha256 of the payload) only catches torn files; whoever
+edits the history can recompute it and lower ε. Version 2 seals the payload with HMAC-SHA256 under
+a per-institution secret (``privacy_ledger.key``, 32 random bytes, 0600), created with the ledger.
+Without the key nobody can produce a ledger this agent accepts; with it, anybody can — so an
+institution that wants protection against people who may write its state directory keeps the key
+elsewhere (``privacy.ledger_key``, e.g. beside the SuperNode key). A version-1 ledger is read once
+where no key exists yet and rewritten as version 2; where a key exists, a version-1 file is refused
+(it would be a downgrade)."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import hashlib
+import hmac
 import json
 import math
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -19,7 +30,10 @@ from client.privacy.accounting import ACCOUNTANTS, Segment, as_segment, extend_h
 from common.atomic import TEMP_SUFFIX, atomic_write_text
 
 LEDGER_FORMAT = "helixfed-privacy-ledger"
-LEDGER_VERSION = 1
+LEDGER_VERSION = 2
+_UNKEYED_VERSION = 1  # sha256 checksum only: read where no key exists yet, then rewritten as version 2
+KEY_FILENAME = "privacy_ledger.key"
+_KEY_BYTES = 32
 _LOCK_SUFFIX = ".lock"
 _TMP_SUFFIX = TEMP_SUFFIX  # what atomic_write_text leaves behind if killed
 
@@ -87,15 +101,61 @@ def _checksum(payload: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(_canonical(payload).encode("ascii")).hexdigest()
 
 
-def _serialise(state: LedgerState) -> str:
+def _mac(key: bytes, payload: Mapping[str, Any]) -> str:
+    return "hmac-sha256:" + hmac.new(key, _canonical(payload).encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def _serialise(state: LedgerState, key: bytes) -> str:
     payload = state.to_payload()
-    document = {"format": LEDGER_FORMAT, "version": LEDGER_VERSION, "checksum": _checksum(payload),
-                "payload": payload}
+    document = {"format": LEDGER_FORMAT, "version": LEDGER_VERSION, "mac": _mac(key, payload), "payload": payload}
     return json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
-def read_state(path: Path) -> LedgerState | None:
-    """Parse and verify the ledger at `path`; None only when no file exists there."""
+# ---------------------------------------------------------------- the key
+
+
+def read_key(path: Path) -> bytes | None:
+    """The ledger key at ``path`` (64 hex digits and a newline); None only when no file exists there."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise LedgerError(f"{path}: cannot read the privacy ledger key: {error}") from error
+    try:
+        key = bytes.fromhex(text.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        key = b""
+    if len(key) != _KEY_BYTES:
+        raise LedgerError(f"{path}: not a privacy ledger key (expected {2 * _KEY_BYTES} hex digits)")
+    return key
+
+
+def create_key(path: Path) -> bytes:
+    """A new random key at ``path`` (0600 from the first byte); an existing key is never replaced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(_KEY_BYTES)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return read_key(path)  # made meanwhile by another process: use that one
+    try:
+        os.write(fd, (key.hex() + "\n").encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return key
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_state(path: Path, key: bytes | None, *, allow_unkeyed: bool = False) -> LedgerState | None:
+    """Parse and verify the ledger at `path` with `key`; None only when no file exists there.
+
+    A version-1 (unkeyed) file is accepted only with ``allow_unkeyed`` and no key: where a key exists,
+    an unkeyed ledger is a downgrade. A version-2 file without a key cannot be verified and is refused.
+    """
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -103,7 +163,7 @@ def read_state(path: Path) -> LedgerState | None:
     except OSError as error:
         raise LedgerError(f"{path}: cannot read the privacy ledger: {error}") from error
     document = _parse_json(path, raw)
-    payload = _verified_payload(path, document)
+    payload = _verified_payload(path, document, key, allow_unkeyed=allow_unkeyed)
     return _parse_payload(path, payload)
 
 
@@ -119,18 +179,32 @@ def _parse_json(path: Path, raw: bytes) -> Any:
         raise LedgerError(f"{path}: privacy ledger is not valid JSON ({error}); torn or edited?") from error
 
 
-def _verified_payload(path: Path, document: Any) -> dict[str, Any]:
+def _verified_payload(path: Path, document: Any, key: bytes | None, *, allow_unkeyed: bool) -> dict[str, Any]:
     if not isinstance(document, dict) or document.get("format") != LEDGER_FORMAT:
         raise LedgerError(f"{path}: not a helixfed privacy ledger (expected format {LEDGER_FORMAT!r})")
-    if document.get("version") != LEDGER_VERSION:
-        raise LedgerError(f"{path}: privacy ledger version {document.get('version')!r} is not supported "
-                          f"(this helixfed reads version {LEDGER_VERSION})")
+    version = document.get("version")
+    if version not in (LEDGER_VERSION, _UNKEYED_VERSION):
+        raise LedgerError(f"{path}: privacy ledger version {version!r} is not supported "
+                          f"(this helixfed reads versions {_UNKEYED_VERSION} and {LEDGER_VERSION})")
     payload = document.get("payload")
     if not isinstance(payload, dict):
         raise LedgerError(f"{path}: privacy ledger has no 'payload' object")
-    if document.get("checksum") != _checksum(payload):
-        raise LedgerError(f"{path}: privacy ledger checksum mismatch (stored {document.get('checksum')!r}); "
-                          "the file was edited or torn")
+    if version == _UNKEYED_VERSION:
+        if key is not None or not allow_unkeyed:
+            raise LedgerError(f"{path}: unkeyed (version 1) privacy ledger where a ledger key exists; a keyed "
+                              "ledger was replaced by an unkeyed one (downgrade or restore of an old backup)")
+        if document.get("checksum") != _checksum(payload):
+            raise LedgerError(f"{path}: privacy ledger checksum mismatch (stored {document.get('checksum')!r}); "
+                              "the file was edited or torn")
+        return payload
+    if key is None:
+        raise LedgerError(f"{path}: the privacy ledger is sealed with a key, but the key file is missing; "
+                          f"restore it (privacy.ledger_key, default {KEY_FILENAME} in the state directory) "
+                          "— without it the ledger cannot be verified")
+    stored = document.get("mac")
+    if not isinstance(stored, str) or not hmac.compare_digest(stored, _mac(key, payload)):
+        raise LedgerError(f"{path}: privacy ledger MAC mismatch: the file was edited or torn, or sealed with "
+                          "another key")
     return payload
 
 
@@ -223,9 +297,10 @@ def _parse_budget_change(reader: _FieldReader, item: Any, where: str) -> BudgetC
                         new=field.number("new", low=0))
 
 
-def write_state(path: Path, state: LedgerState) -> None:
-    """Replace the ledger at `path` by `state` so that a crash at any moment leaves the old or the new file."""
-    atomic_write_text(path, _serialise(state), mode=0o600)  # the institution's own record: not for other users
+def write_state(path: Path, state: LedgerState, key: bytes) -> None:
+    """Replace the ledger at `path` by `state`, sealed with `key`, so that a crash at any moment leaves
+    the old or the new file."""
+    atomic_write_text(path, _serialise(state, key), mode=0o600)  # the institution's own record: not for other users
 
 
 def remove_stale_temp_files(path: Path) -> None:
