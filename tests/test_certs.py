@@ -187,9 +187,9 @@ def test_keys_only_writes_just_the_institution_key_pair(tmp_path):
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--server-name", "server", "--institutions", "Oslo UH"], "not a valid institution name"),
+    (["--server-name", "server", "--institutions", "Oslo UH"], "--institutions: 'Oslo UH' is not a valid name"),
     (["--server-name", "server", "--institutions", "a,b,a"], "duplicate names ['a']"),
-    (["--server-name", "server", "--institutions", "a,,b"], "'' is not a valid institution name"),
+    (["--server-name", "server", "--institutions", "a,,b"], "'' is not a valid name"),
     (["--server-name", "bad_name!"], "--server-name: 'bad_name!' is not a valid DNS name"),
     (["--server-name", "server", "--ip", "10.0.0.300"], "--ip: '10.0.0.300' is not an IP address"),
     (["--server-name", "server", "--dns", "fl..example.org"], "--dns: 'fl..example.org' is not a valid DNS name"),
@@ -197,6 +197,9 @@ def test_keys_only_writes_just_the_institution_key_pair(tmp_path):
     (["--institutions", "a"], "--server-name is required"),
     (["--keys-only"], "name the institutions"),
     (["--keys-only", "--institutions", "a", "--server-name", "server"], "--keys-only writes no certificate"),
+    (["--clients", "alice"], "--clients: no CA in"),
+    (["--server-name", "server", "--clients", "Alice B"], "--clients: 'Alice B' is not a valid name"),
+    (["--keys-only", "--institutions", "a", "--clients", "alice"], "--keys-only writes no certificate"),
 ])
 def test_bad_arguments_are_clear_errors_and_write_nothing(tmp_path, capsys, argv, message):
     out = tmp_path / "certs"

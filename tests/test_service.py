@@ -383,6 +383,36 @@ def test_tls_and_a_token_admit_only_the_holder(model, tmp_path):
         running.stop(grace=1.0)
 
 
+def test_mutual_tls_admits_only_callers_with_a_certificate_from_the_federation_ca(model, tmp_path):
+    from server.ops.certs import write_client_certificates, write_federation_certs
+
+    tls, other = tmp_path / "tls", tmp_path / "other-federation"
+    write_federation_certs(out_dir=tls, server_name="localhost", ips=["127.0.0.1"], clients=["alice"])
+    write_client_certificates(out_dir=tls, clients=["bob"])  # issued later by the same CA
+    write_federation_certs(out_dir=other, server_name="localhost", clients=["mallory"])
+    loaded, checkpoint = model
+    running = start_server(model=loaded, checkpoint=checkpoint, port=0, tls_dir=tls, require_client_cert=True)
+    address = f"localhost:{running.port}"
+
+    def ask(cert: Path | None, key: Path | None):
+        return client.query(address=address, task="promoter", sequences=["ACGTACGT"], timeout=10,
+                            root_certificates=tls / "ca.crt", client_cert=cert, client_key=key)
+    try:
+        for name in ("alice", "bob"):
+            assert ask(tls / "clients" / f"{name}.crt", tls / "clients" / f"{name}.key")[0].sum() == pytest.approx(1.0)
+        for cert, key in ((None, None), (other / "clients" / "mallory.crt", other / "clients" / "mallory.key")):
+            with pytest.raises(grpc.RpcError) as refused:  # no certificate, or one another CA signed
+                ask(cert, key)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(ValueError, match="both --client-cert and --client-key"):
+            ask(tls / "clients" / "alice.crt", None)
+    finally:
+        running.stop(grace=1.0)
+    assert (tls / "clients" / "alice.key").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(ValueError, match="--require-client-cert needs --tls-dir"):
+        start_server(model=loaded, checkpoint=checkpoint, port=0, require_client_cert=True)
+
+
 def test_a_non_dp_checkpoint_is_refused_unless_the_operator_allows_it(tmp_path, capsys):
     from server.service.server import main as serve
 

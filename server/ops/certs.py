@@ -5,6 +5,8 @@ Writes, under ``--out DIR``::
     ca.crt, ca.key                       a CA that exists only for this federation
     server.crt, server.key               the SuperLink's certificate, signed by the CA
     institutions/<name>, <name>.pub      one ECDSA P-384 key pair per institution
+    clients/<name>.crt, <name>.key       ``--clients``: client certificates for the evaluation
+                                         service's mutual TLS (``helixfed serve --require-client-cert``)
 
 The institution keys are in the formats Flower 1.42 loads: the private key in OpenSSH PEM
 (``flower-supernode --auth-supernode-private-key`` reads it with ``load_ssh_private_key``), the
@@ -14,7 +16,8 @@ with mode 0600, and nothing is overwritten without ``--force``: a silently repla
 institution key would lock every enrolled institution out.
 
 ``--keys-only`` writes institution key pairs alone, so an institution can create its own on its
-own machine and send only the public key to the coordinating site.
+own machine and send only the public key to the coordinating site. ``--clients`` without
+``--server-name`` signs client certificates with the CA already in ``--out``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from common.config import INSTITUTION_NAME_PATTERN
 
 CURVE = ec.SECP384R1()  # NIST P-384: Flower accepts NIST curves only for SuperNode keys
 INSTITUTIONS_DIR = "institutions"
+CLIENTS_DIR = "clients"
 CA_FILES = ("ca.crt", "ca.key")
 SERVER_FILES = ("server.crt", "server.key")
 # The same rule as an institution's name in every config file (common/config.py).
@@ -67,23 +71,23 @@ class ServerIdentity:
 # -- argument checks -----------------------------------------------------------------------------
 
 
-def parse_institutions(value: str) -> tuple[str, ...]:
+def parse_institutions(value: str, flag: str = "--institutions") -> tuple[str, ...]:
     """``"a,b,c"`` as names (checked by :func:`check_institution_names`)."""
     names = tuple(part.strip() for part in value.split(",")) if value.strip() else ()
-    return check_institution_names(names)
+    return check_institution_names(names, flag)
 
 
-def check_institution_names(names: Sequence[str]) -> tuple[str, ...]:
+def check_institution_names(names: Sequence[str], flag: str = "--institutions") -> tuple[str, ...]:
     """Empty names, duplicates and names the federation config would reject are errors (a name is
     also a file name under ``institutions/``, so this keeps paths inside the output directory)."""
     names = tuple(names)
     for name in names:
         if not INSTITUTION_NAME.fullmatch(name):
-            raise CertsError(f"--institutions: {name!r} is not a valid institution name "
+            raise CertsError(f"{flag}: {name!r} is not a valid name "
                              f"(lower-case letters, digits, '-' and '_', starting with a letter or digit)")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise CertsError(f"--institutions: duplicate names {duplicates}")
+        raise CertsError(f"{flag}: duplicate names {duplicates}")
     return names
 
 
@@ -177,6 +181,25 @@ def make_server_certificate(identity: ServerIdentity, *, ca_cert: x509.Certifica
     return _validity(builder, days).sign(ca_key, hashes.SHA384()), key
 
 
+def make_client_certificate(name: str, *, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
+                            days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A TLS client certificate (client-auth only) for ``name``, signed by the CA."""
+    key = ec.generate_private_key(CURVE)
+    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = (x509.CertificateBuilder().subject_name(_name(name)).issuer_name(ca_cert.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                            key_encipherment=False, data_encipherment=False,
+                                            key_agreement=False, key_cert_sign=False, crl_sign=False,
+                                            encipher_only=False, decipher_only=False), critical=True)
+               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+                              critical=False))
+    return _validity(builder, days).sign(ca_key, hashes.SHA384()), key
+
+
 def _pem_certificate(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(serialization.Encoding.PEM)
 
@@ -211,11 +234,34 @@ def institution_paths(out_dir: Path, name: str) -> tuple[Path, Path]:
     return private, private.with_name(f"{name}.pub")
 
 
-def _planned_paths(out_dir: Path, institutions: Sequence[str], *, keys_only: bool) -> list[Path]:
+def client_paths(out_dir: Path, name: str) -> tuple[Path, Path]:
+    return out_dir / CLIENTS_DIR / f"{name}.crt", out_dir / CLIENTS_DIR / f"{name}.key"
+
+
+def _planned_paths(out_dir: Path, institutions: Sequence[str], *, keys_only: bool,
+                   clients: Sequence[str] = ()) -> list[Path]:
     paths = [] if keys_only else [out_dir / name for name in (*CA_FILES, *SERVER_FILES)]
     for name in institutions:
         paths += institution_paths(out_dir, name)
+    for name in clients:
+        paths += client_paths(out_dir, name)
     return paths
+
+
+def _write_client_certificates(out_dir: Path, clients: Sequence[str], days: int) -> None:
+    try:
+        ca_cert = x509.load_pem_x509_certificate((out_dir / "ca.crt").read_bytes())
+        ca_key = serialization.load_pem_private_key((out_dir / "ca.key").read_bytes(), password=None)
+    except FileNotFoundError as err:
+        raise CertsError(f"--clients: no CA in {out_dir} ({Path(err.filename).name} missing); create one with "
+                         f"--server-name first") from err
+    except ValueError as err:
+        raise CertsError(f"--clients: the CA in {out_dir} cannot be read: {err}") from err
+    for name in clients:
+        cert, key = make_client_certificate(name, ca_cert=ca_cert, ca_key=ca_key, days=days)
+        cert_path, key_path = client_paths(out_dir, name)
+        atomic_write_bytes(key_path, _pem_private_key(key), mode=PRIVATE_MODE)
+        atomic_write_bytes(cert_path, _pem_certificate(cert), mode=PUBLIC_MODE)
 
 
 def _write_institution_keys(out_dir: Path, institutions: Sequence[str]) -> None:
@@ -238,7 +284,7 @@ def _write_ca_and_server(out_dir: Path, identity: ServerIdentity, days: int) -> 
 
 def write_federation_certs(*, out_dir: Path, server_name: str, institutions: Sequence[str] = (),
                            ips: Sequence[str] = (), dns_names: Sequence[str] = (), days: int = 825,
-                           force: bool = False) -> list[Path]:
+                           force: bool = False, clients: Sequence[str] = ()) -> list[Path]:
     """Write the CA, the server certificate and key, and each institution's key pair.
 
     Args:
@@ -249,6 +295,7 @@ def write_federation_certs(*, out_dir: Path, server_name: str, institutions: Seq
         dns_names: extra DNS names for the server certificate.
         days: validity of both certificates.
         force: replace existing files instead of refusing.
+        clients: names to create evaluation-service client certificates for.
 
     Returns:
         The paths written.
@@ -259,10 +306,27 @@ def write_federation_certs(*, out_dir: Path, server_name: str, institutions: Seq
     identity = server_identity(server_name, ips=ips, dns_names=dns_names)
     _check_days(days)
     institutions = check_institution_names(institutions)
-    paths = _planned_paths(out_dir, institutions, keys_only=False)
+    clients = check_institution_names(clients, "--clients")
+    paths = _planned_paths(out_dir, institutions, keys_only=False, clients=clients)
     _refuse_existing(paths, force=force)
     _write_ca_and_server(out_dir, identity, days)
     _write_institution_keys(out_dir, institutions)
+    _write_client_certificates(out_dir, clients, days)
+    return paths
+
+
+def write_client_certificates(*, out_dir: Path, clients: Sequence[str], days: int = 825,
+                              force: bool = False) -> list[Path]:
+    """Client certificates signed by the CA already in ``out_dir`` (``clients/<name>.crt``, ``.key``).
+
+    Raises:
+        CertsError: a bad name or validity, no CA there, or files that exist (without ``force``).
+    """
+    _check_days(days)
+    clients = check_institution_names(clients, "--clients")
+    paths = _planned_paths(out_dir, (), keys_only=True, clients=clients)
+    _refuse_existing(paths, force=force)
+    _write_client_certificates(out_dir, clients, days)
     return paths
 
 
@@ -298,6 +362,9 @@ def add_certs_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--institutions", default="", metavar="A,B,C",
                         help="comma-separated institution names to create key pairs for (institutions may "
                              "instead create their own with --keys-only and send only the public key)")
+    parser.add_argument("--clients", default="", metavar="A,B",
+                        help="comma-separated names to issue evaluation-service client certificates for "
+                             "(mutual TLS; without --server-name the CA already in --out signs them)")
     parser.add_argument("--days", type=int, default=825, help="certificate validity in days (default 825)")
     parser.add_argument("--keys-only", action="store_true",
                         help="write only institution key pairs (an institution creating its own)")
@@ -311,24 +378,34 @@ def _written(paths: Sequence[Path], out_dir: Path) -> None:
         print(f"  {path.relative_to(out_dir)}")
     if any(p.name == "ca.key" for p in paths):
         print("server: ca.crt, server.crt, server.key (helixfed server --tls-dir); keep ca.key offline")
-    print("institution <name>: ca.crt and institutions/<name> (helixfed client --root-certificates, --key); "
-          "enroll institutions/<name>.pub in the federation config")
+    if any(p.parent.name == INSTITUTIONS_DIR for p in paths):
+        print("institution <name>: ca.crt and institutions/<name> (helixfed client --root-certificates, --key); "
+              "enroll institutions/<name>.pub in the federation config")
+    if any(p.parent.name == CLIENTS_DIR for p in paths):
+        print("service caller <name>: ca.crt, clients/<name>.crt and .key (helixfed query --root-certificates, "
+              "--client-cert, --client-key; the server runs helixfed serve --require-client-cert)")
 
 
 def run_certs_command(args: argparse.Namespace) -> int:
     out_dir = args.out.resolve()
     try:
         institutions = parse_institutions(args.institutions)
-        if args.keys_only and (args.server_name or args.ip or args.dns):
-            raise CertsError("--keys-only writes no certificate: drop --server-name, --ip and --dns")
+        clients = parse_institutions(args.clients, "--clients")
+        if args.keys_only and (args.server_name or args.ip or args.dns or clients):
+            raise CertsError("--keys-only writes no certificate: drop --server-name, --ip, --dns and --clients")
         if args.keys_only:
             paths = write_institution_keys(out_dir=out_dir, institutions=institutions, force=args.force)
+        elif clients and not args.server_name:
+            if institutions:
+                raise CertsError("--institutions with --clients alone: write institution keys with --keys-only")
+            paths = write_client_certificates(out_dir=out_dir, clients=clients, days=args.days, force=args.force)
         elif not args.server_name:
-            raise CertsError("--server-name is required (the name institutions dial), unless --keys-only")
+            raise CertsError("--server-name is required (the name institutions dial), unless --keys-only "
+                             "or --clients")
         else:
             paths = write_federation_certs(out_dir=out_dir, server_name=args.server_name,
                                            institutions=institutions, ips=args.ip, dns_names=args.dns,
-                                           days=args.days, force=args.force)
+                                           days=args.days, force=args.force, clients=clients)
     except CertsError as err:
         print(f"helixfed certs: error: {err}", file=sys.stderr)
         return 1

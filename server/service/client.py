@@ -28,17 +28,22 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS = (("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),)
 
 
-def connect(address: str, *, root_certificates: Path | None = None,
-            token: str | None = None) -> tuple[grpc.Channel, pb_grpc.HelixfedStub]:
+def connect(address: str, *, root_certificates: Path | None = None, token: str | None = None,
+            client_cert: Path | None = None, client_key: Path | None = None
+            ) -> tuple[grpc.Channel, pb_grpc.HelixfedStub]:
     """A channel to ``address`` (``HOST:PORT``) and a stub on it; close the channel when done.
 
     ``root_certificates``: the CA (``ca.crt``) to verify a TLS server with; None: insecure.
     ``token``: sent as ``authorization: Bearer <token>`` with every call.
+    ``client_cert``, ``client_key``: this caller's certificate for mutual TLS (``helixfed certs --clients``).
     """
     if root_certificates is None:
+        if client_cert or client_key:
+            raise ValueError("--client-cert needs --root-certificates (mutual TLS is TLS first)")
         channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
     else:
-        channel = grpc.secure_channel(address, channel_credentials(root_certificates), options=CHANNEL_OPTIONS)
+        credentials = channel_credentials(root_certificates, client_cert=client_cert, client_key=client_key)
+        channel = grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
     if token:
         channel = grpc.intercept_channel(channel, _BearerToken(token))
     return channel, pb_grpc.HelixfedStub(channel)
@@ -71,7 +76,8 @@ def response_probabilities(task: str, response: pb.PredictResponse) -> list[np.n
 
 
 def query(*, address: str, task: str, sequences: Sequence[str], timeout: float = 30.0,
-          root_certificates: Path | None = None, token: str | None = None) -> list[np.ndarray]:
+          root_certificates: Path | None = None, token: str | None = None, client_cert: Path | None = None,
+          client_key: Path | None = None) -> list[np.ndarray]:
     """Predict ``sequences`` on the server at ``address``.
 
     Returns:
@@ -80,7 +86,8 @@ def query(*, address: str, task: str, sequences: Sequence[str], timeout: float =
     Raises:
         grpc.RpcError: the server refused the request (e.g. INVALID_ARGUMENT) or could not be reached.
     """
-    channel, stub = connect(address, root_certificates=root_certificates, token=token)
+    channel, stub = connect(address, root_certificates=root_certificates, token=token, client_cert=client_cert,
+                            client_key=client_key)
     with channel:
         if task not in TASKS:  # a task the federation declared: the served model says what it is
             learn_tasks(stub.ModelInfo(pb.ModelInfoRequest(), timeout=timeout))
@@ -107,6 +114,9 @@ def add_query_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer")
     parser.add_argument("--root-certificates", type=Path, default=None, metavar="CA",
                         help="the CA certificate (ca.crt) of a TLS server")
+    parser.add_argument("--client-cert", type=Path, default=None, metavar="CRT",
+                        help="this caller's certificate, for a server with --require-client-cert")
+    parser.add_argument("--client-key", type=Path, default=None, metavar="KEY", help="its private key")
     parser.add_argument("--token-file", type=Path, default=None, help="file holding the server's bearer token")
     parser.set_defaults(func=run_query)
     return parser
@@ -117,7 +127,8 @@ def run_query(args: argparse.Namespace) -> int:
     try:
         probabilities = query(address=args.server, task=args.task, sequences=args.sequence, timeout=args.timeout,
                               root_certificates=args.root_certificates,
-                              token=read_token(args.token_file) if args.token_file else None)
+                              token=read_token(args.token_file) if args.token_file else None,
+                              client_cert=args.client_cert, client_key=args.client_key)
     except (OSError, ValueError) as err:
         print(f"helixfed query: error: {err}", file=sys.stderr)
         return 1

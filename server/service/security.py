@@ -3,7 +3,9 @@
 * Transport: TLS with the server certificate ``helixfed certs`` writes (``server.crt``/``server.key``
   under ``--tls-dir``); clients verify it against ``ca.crt``. Without ``--tls-dir`` the channel is
   insecure, fine on loopback; anywhere else ``helixfed serve`` warns loudly.
-* Callers: with ``--token-file`` every RPC but the health check must carry ``authorization: Bearer
+* Callers: with ``--require-client-cert`` (mutual TLS) only callers presenting a certificate the
+  federation's CA signed (``helixfed certs --clients NAME``) complete the handshake; with
+  ``--token-file`` every RPC but the health check must carry ``authorization: Bearer
   <token>`` (compared in constant time); a missing or wrong token is UNAUTHENTICATED.
 * Models: a checkpoint trained without DP (``helixfed train --no-dp``, or a federation in which an
   institution trained without DP) must not leave the institution: it is refused unless the operator
@@ -30,13 +32,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def server_credentials(tls_dir: Path) -> grpc.ServerCredentials:
+def server_credentials(tls_dir: Path, *, require_client_cert: bool = False) -> grpc.ServerCredentials:
+    """TLS from ``tls_dir``; with ``require_client_cert``, callers must present a certificate signed by
+    ``tls_dir/ca.crt`` (the federation's CA)."""
     key, cert = (tls_dir / "server.key").read_bytes(), (tls_dir / "server.crt").read_bytes()
-    return grpc.ssl_server_credentials([(key, cert)])
+    if not require_client_cert:
+        return grpc.ssl_server_credentials([(key, cert)])
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=(tls_dir / "ca.crt").read_bytes(),
+                                       require_client_auth=True)
 
 
-def channel_credentials(root_certificates: Path) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(root_certificates=root_certificates.read_bytes())
+def channel_credentials(root_certificates: Path, *, client_cert: Path | None = None,
+                        client_key: Path | None = None) -> grpc.ChannelCredentials:
+    if (client_cert is None) != (client_key is None):
+        raise ValueError("give both --client-cert and --client-key, or neither")
+    return grpc.ssl_channel_credentials(
+        root_certificates=root_certificates.read_bytes(),
+        private_key=client_key.read_bytes() if client_key else None,
+        certificate_chain=client_cert.read_bytes() if client_cert else None)
 
 
 def read_token(path: Path) -> str:

@@ -307,7 +307,7 @@ class RunningServer:
 
 def start_server(*, model: GenomicTransformer, checkpoint: Checkpoint, host: str = "127.0.0.1", port: int = 0,
                  limits: ServiceLimits | None = None, tls_dir: Path | None = None,
-                 token: str | None = None) -> RunningServer:
+                 token: str | None = None, require_client_cert: bool = False) -> RunningServer:
     """Start serving ``model`` on ``host:port`` (port 0: any free port), in background threads.
 
     Args:
@@ -316,6 +316,7 @@ def start_server(*, model: GenomicTransformer, checkpoint: Checkpoint, host: str
         limits: :class:`ServiceLimits` (default: their defaults, max_length capped at the model's max_len).
         tls_dir: ``server.crt`` and ``server.key`` (``helixfed certs``): TLS; None: an insecure channel.
         token: callers must send ``authorization: Bearer <token>`` (the health check excepted).
+        require_client_cert: mutual TLS: callers need a certificate signed by ``tls_dir/ca.crt``.
 
     Returns:
         :class:`RunningServer`.
@@ -323,6 +324,8 @@ def start_server(*, model: GenomicTransformer, checkpoint: Checkpoint, host: str
     Raises:
         ValueError: limits the model cannot honour. RuntimeError: the address cannot be bound.
     """
+    if require_client_cert and tls_dir is None:
+        raise ValueError("--require-client-cert needs --tls-dir (mutual TLS is TLS first)")
     limits = limits or ServiceLimits(max_length=min(ServiceLimits.max_length, model.config.max_len))
     service = HelixfedService(model=model, checkpoint=checkpoint, limits=limits)
     server = grpc.server(ThreadPoolExecutor(max_workers=limits.max_workers, thread_name_prefix="helixfed-rpc"),
@@ -334,7 +337,9 @@ def start_server(*, model: GenomicTransformer, checkpoint: Checkpoint, host: str
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = (server.add_secure_port(address, server_credentials(tls_dir)) if tls_dir is not None
+    credentials = (server_credentials(tls_dir, require_client_cert=require_client_cert)
+                   if tls_dir is not None else None)
+    bound = (server.add_secure_port(address, credentials) if credentials is not None
              else server.add_insecure_port(address))
     if bound == 0:
         raise RuntimeError(f"cannot listen on {address}")
@@ -366,6 +371,9 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--grace", type=float, default=5.0, help="seconds in-flight RPCs get at shutdown")
     parser.add_argument("--tls-dir", type=Path, default=None,
                         help="serve TLS with server.crt/server.key from `helixfed certs` (clients trust ca.crt)")
+    parser.add_argument("--require-client-cert", action="store_true",
+                        help="mutual TLS: admit only callers with a certificate the --tls-dir CA signed "
+                             "(helixfed certs --clients NAME)")
     parser.add_argument("--token-file", type=Path, default=None,
                         help="require 'authorization: Bearer <token>' on every RPC but the health check")
     parser.add_argument("--allow-non-dp", action="store_true",
@@ -388,7 +396,7 @@ def run_serve(args: argparse.Namespace) -> int:
                              f"(pass --allow-non-dp to serve it anyway, knowing it carries no privacy guarantee)")
         token = read_token(args.token_file) if args.token_file else None
         running = start_server(model=model, checkpoint=checkpoint, host=args.host, port=args.port, limits=limits,
-                               tls_dir=args.tls_dir, token=token)
+                               tls_dir=args.tls_dir, token=token, require_client_cert=args.require_client_cert)
     except (ValueError, OSError, RuntimeError) as err:
         print(f"helixfed serve: error: {err}", file=sys.stderr)
         return 1
@@ -403,7 +411,8 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"helixfed serve: note: this checkpoint's privacy is {privacy!r}", file=sys.stderr, flush=True)
     print(f"helixfed serve: listening on {args.host}:{running.port} (tasks: {', '.join(model.tasks)}; "
           f"max batch {limits.max_batch}, max length {limits.max_length}; "
-          f"{'TLS' if args.tls_dir else 'insecure'}{', token' if token else ''})", flush=True)
+          f"{'TLS' if args.tls_dir else 'insecure'}{', client certificates' if args.require_client_cert else ''}"
+          f"{', token' if token else ''})", flush=True)
     while not stop.wait(0.5):  # short waits keep the main thread responsive to signals
         pass
     running.stop(args.grace)
