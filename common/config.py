@@ -8,11 +8,14 @@ out-of-range value is a ``ConfigError`` naming the file and the key path
 (``training.learning_rate``), the bad value and what was expected. Privacy settings live only
 here and in the files; nothing downstream hard-codes them.
 
-Paths: a federation file's paths resolve against a base directory (the working directory of the
-command that reads it, or the run config's ``base-dir`` for the Flower apps); an institution's
-``data_dir`` and ``state_dir`` resolve against the file they are written in. An inline institution
-without them keeps its data under the federation's ``data_dir`` and its ledger under
-``<output_dir>/state`` (:meth:`FederationConfig.institution`), the same for server and clients.
+Paths: one rule for every file — a relative path resolves against the directory of the file it is
+written in (federation and institution files alike), never against the working directory, so a
+config means the same wherever a command, a SuperLink or a Ray worker reads it. Paths given on a
+command line (``--out``) resolve against the working directory, as any command-line path does; a
+Flower run config's ``config-file`` and ``out-dir`` against its ``base-dir`` (default: the app). An
+inline institution without data/state directories keeps its data under the federation's
+``data_dir`` and its ledger under ``<output_dir>/state`` (:meth:`FederationConfig.institution`), the
+same for server and clients.
 """
 
 from __future__ import annotations
@@ -299,15 +302,15 @@ class FederationConfig(StrictModel):
                                  f"federation tasks {list(self.tasks)}")
         return self
 
-    def resolved(self, base: Path, *, file_dir: Path) -> FederationConfig:
-        """Every path absolute: the federation's against ``base``, inline institutions' against
-        ``file_dir`` (the federation file's directory)."""
-        output_dir = (base / self.output_dir).resolve()
-        data_dir = (base / self.data_dir).resolve() if self.data_dir else output_dir / "data"
+    def resolved(self, file_dir: Path) -> FederationConfig:
+        """Every path absolute, relative ones against ``file_dir`` (the federation file's directory)."""
+        output_dir = (file_dir / self.output_dir).resolve()
+        data_dir = (file_dir / self.data_dir).resolve() if self.data_dir else output_dir / "data"
         central = self.central_evaluation
-        central_dir = (base / central.data_dir).resolve() if central.data_dir else data_dir / "central"
-        enrolled = tuple(e.model_copy(update={"public_key": (base / e.public_key).resolve()}) for e in self.enrolled)
-        init = (base / self.init_checkpoint).resolve() if self.init_checkpoint else None
+        central_dir = (file_dir / central.data_dir).resolve() if central.data_dir else data_dir / "central"
+        enrolled = tuple(e.model_copy(update={"public_key": (file_dir / e.public_key).resolve()})
+                         for e in self.enrolled)
+        init = (file_dir / self.init_checkpoint).resolve() if self.init_checkpoint else None
         institutions = tuple(_with_directories(i, file_dir, data_root=data_dir, state_root=output_dir / "state")
                              for i in self.institutions)
         return self.model_copy(update={
@@ -466,16 +469,14 @@ def load_institution(path: str | Path) -> InstitutionConfig:
     return config
 
 
-def load_federation(path: str | Path, *, base: Path | None = None,
-                    output_dir: Path | None = None) -> FederationConfig:
-    """Load a federation file with every path absolute.
+def load_federation(path: str | Path, *, output_dir: Path | None = None) -> FederationConfig:
+    """Load a federation file with every path absolute (relative ones against the file's directory).
 
     Args:
         path: the federation YAML.
-        base: what relative federation paths are relative to (default: the cwd, the way a user
-            typing ``helixfed simulate --config configs/demo.yaml`` expects).
         output_dir: replaces the file's ``output_dir`` (data and central set follow it unless the
-            file places them elsewhere).
+            file places them elsewhere); a relative one is taken against the working directory, as
+            the command line that gave it means.
 
     Raises:
         ConfigError: the file does not match the schema (names file and key path).
@@ -483,8 +484,8 @@ def load_federation(path: str | Path, *, base: Path | None = None,
     path = Path(path).resolve()
     config = load_config(path, FederationConfig)
     if output_dir is not None:
-        config = config.model_copy(update={"output_dir": Path(output_dir)})
-    return config.resolved(base or Path.cwd(), file_dir=path.parent)
+        config = config.model_copy(update={"output_dir": Path(output_dir).resolve()})
+    return config.resolved(path.parent)
 
 
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app: pyproject.toml and the three packages
@@ -506,4 +507,4 @@ def federation_from_run_config(run_config: Mapping) -> FederationConfig:
     base = run_base_dir(run_config)
     config_file = (base / str(run_config.get(RunConfigKey.CONFIG_FILE) or DEFAULT_FEDERATION_FILE)).resolve()
     out = str(run_config.get(RunConfigKey.OUT_DIR) or "")
-    return load_federation(config_file, base=base, output_dir=(base / out).resolve() if out else None)
+    return load_federation(config_file, output_dir=(base / out).resolve() if out else None)

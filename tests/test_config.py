@@ -110,6 +110,24 @@ def test_every_built_in_task_is_a_valid_task_name():
     assert all(re.match(TASK_NAME_PATTERN, name) for name in TASK_NAMES)
 
 
+def test_every_path_in_a_file_resolves_against_that_file_never_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "conf").mkdir()
+    path = write(tmp_path / "conf", yaml.safe_dump({
+        "output_dir": "../runs/x", "data_dir": "data", "init_checkpoint": "ckpt",
+        "central_evaluation": {"data_dir": "central"},
+        "enrolled": [{"name": "oslo-uh", "public_key": "keys/oslo-uh.pub"}]}), name="federation.yaml")
+    for cwd in (tmp_path, tmp_path / "conf", Path("/")):
+        monkeypatch.chdir(cwd)
+        config = load_federation(path.relative_to(cwd) if cwd != Path("/") else path)
+        assert config.output_dir == tmp_path / "runs" / "x"
+        assert config.data_dir == tmp_path / "conf" / "data"
+        assert config.init_checkpoint == tmp_path / "conf" / "ckpt"
+        assert config.central_evaluation.data_dir == tmp_path / "conf" / "central"
+        assert config.enrolled[0].public_key == tmp_path / "conf" / "keys" / "oslo-uh.pub"
+    monkeypatch.chdir(tmp_path)  # a path given on the command line means the working directory
+    assert load_federation(path, output_dir=Path("elsewhere")).output_dir == tmp_path / "elsewhere"
+
+
 def test_inline_institutions_resolve_the_same_for_server_and_clients(tmp_path):
     # The server checks <data_dir>; a simulated client must read exactly there (it once read
     # <output_dir>/data regardless), and keep its ledger under <output_dir>/state.
@@ -119,11 +137,11 @@ def test_inline_institutions_resolve_the_same_for_server_and_clients(tmp_path):
         "institutions": [GOOD_INSTITUTION, {**GOOD_INSTITUTION, "name": "own-dirs", "data_dir": "mine",
                                             "state_dir": "/abs/state"}]}), name="federation.yaml")
 
-    config = load_federation(path, base=tmp_path)
+    config = load_federation(path)
     from_run_config = federation_from_run_config({"config-file": str(path), "base-dir": str(tmp_path)})
 
-    assert config.institution(0).data_dir == tmp_path / "shared-data" / "oslo-uh"
-    assert config.institution(0).state_dir == tmp_path / "out" / "state" / "oslo-uh"
+    assert config.institution(0).data_dir == tmp_path / "conf" / "shared-data" / "oslo-uh"
+    assert config.institution(0).state_dir == tmp_path / "conf" / "out" / "state" / "oslo-uh"
     assert config.institution(1).data_dir == tmp_path / "conf" / "mine"  # relative to its file
     assert config.institution(1).state_dir == Path("/abs/state")
     assert from_run_config == config

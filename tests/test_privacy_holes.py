@@ -164,7 +164,7 @@ def test_fresh_deletes_only_this_simulations_state(tmp_path):
     config = FederationConfig.model_validate({
         "tasks": ["promoter"], "output_dir": str(tmp_path / "run"),
         "institutions": [{"name": "sim-a", "species": "human", "tasks": ["promoter"]}]})
-    config = config.resolved(tmp_path, file_dir=tmp_path)
+    config = config.resolved(tmp_path)
     other = tmp_path / "run" / "state" / "not-in-this-federation"
     other.mkdir(parents=True)
     (other / LEDGER_FILENAME).write_text("a real ledger")
@@ -181,7 +181,7 @@ def test_fresh_refuses_a_state_directory_it_did_not_create(tmp_path):
     config = FederationConfig.model_validate({
         "tasks": ["promoter"], "output_dir": str(tmp_path / "run"),
         "institutions": [{"name": "real-lab", "species": "human", "tasks": ["promoter"]}]}
-    ).resolved(tmp_path, file_dir=tmp_path)
+    ).resolved(tmp_path)
     state = config.institution(0).state_dir
     state.mkdir(parents=True)
     (state / LEDGER_FILENAME).write_text("a real ledger")
