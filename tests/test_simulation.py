@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,32 @@ def test_flwr_run_dot_with_the_tiny_config(tmp_path, tiny_data):
         assert [line["round"] for line in read_metrics(out)] == [0, 1]
     finally:
         group.stop()  # the managed SuperLink outlives `flwr run`; it carries our tag
+    assert group.alive() == []
+
+
+def test_stop_also_ends_untagged_processes_in_our_sessions(tmp_path):
+    """Ray's agents overwrite their environment with their process title, so the tag is gone; they
+    stay in the session of the process that started them, and stop() ends that session too."""
+    group = ProcessGroup(tmp_path / "flwr-home")
+    pid_file = tmp_path / "grandchild.pid"
+    # us -> child (tagged; as flower-superlink) -> middle (tagged, own session; as flower-superexec)
+    # -> grandchild (untagged, in the middle's session; as ray::DashboardAgent)
+    grandchild_code = (f"import subprocess, sys, time; g = subprocess.Popen([sys.executable, '-c', "
+                       f"'import time; time.sleep(300)'], env={{}}); open({str(pid_file)!r}, 'w').write(str(g.pid)); "
+                       f"time.sleep(300)")
+    spawn = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {grandchild_code!r}], "
+             f"start_new_session=True); time.sleep(300)")
+    group.start([sys.executable, "-c", spawn])
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    grandchild = int(pid_file.read_text())
+    assert b"HELIXFED_RUN_TAG" not in Path(f"/proc/{grandchild}/environ").read_bytes()
+
+    group.stop(grace=2.0)
+
+    time.sleep(0.5)
+    assert not Path(f"/proc/{grandchild}").exists() or "Z" in Path(f"/proc/{grandchild}/stat").read_text().split()[2]
     assert group.alive() == []
 
 

@@ -3,7 +3,10 @@
 Every process we start runs in its own session with a tag in its environment
 (``HELIXFED_RUN_TAG``); stopping sends SIGTERM to the process groups we started, then sweeps
 ``/proc`` for anything still carrying the tag (Flower's SuperExec, app processes, Ray's
-daemons) and kills it. A run therefore leaves nothing behind, also after Ctrl-C.
+daemons) or living in a session a tagged process led, and kills it. The sessions matter: Ray's
+agents (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``) rewrite their process title over their
+environment, so the tag is no longer readable there, but they stay in the SuperExec's session.
+A run therefore leaves nothing behind, also after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -43,16 +46,30 @@ def wait_for_port(port: int, *, timeout: float, process: subprocess.Popen | None
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
-def _tagged_pids(tag: str) -> list[int]:
+def _tagged_pids(tag: str, sessions: set[int] | None = None) -> list[int]:
+    """Processes carrying ``tag`` in their environment or living in one of ``sessions``; the
+    sessions of tagged processes are added to ``sessions`` (never this process's own session)."""
     needle = f"{TAG_VARIABLE}={tag}".encode()
-    pids = []
+    sessions = set() if sessions is None else sessions
+    own_session = os.getsid(0)
+    found, rest = [], []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
+        pid = int(entry.name)
         with contextlib.suppress(OSError):
             if needle in (entry / "environ").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
-    return pids
+                found.append(pid)
+                session = os.getsid(pid)
+                if session != own_session:
+                    sessions.add(session)
+            else:
+                rest.append(pid)
+    for pid in rest:
+        with contextlib.suppress(OSError):
+            if os.getsid(pid) in sessions:
+                found.append(pid)
+    return found
 
 
 class ProcessGroup:
@@ -60,6 +77,7 @@ class ProcessGroup:
 
     def __init__(self, flwr_home: Path):
         self.tag = uuid.uuid4().hex
+        self.sessions: set[int] = set()  # sessions led by our processes (see the module docstring)
         self.flwr_home = flwr_home
         self.processes: list[subprocess.Popen] = []
         flwr_home.mkdir(parents=True, exist_ok=True)
@@ -74,12 +92,14 @@ class ProcessGroup:
         process = subprocess.Popen(command, env=self.env, stdout=output, stderr=subprocess.STDOUT,
                                    start_new_session=True, **kwargs)
         self.processes.append(process)
+        self.sessions.add(process.pid)  # start_new_session: it leads a session of its own
         return process
 
     def run(self, command: list[str], *, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout)
 
     def stop(self, *, grace: float = 5.0) -> None:
+        _tagged_pids(self.tag, self.sessions)  # learn the sessions while their leaders still live
         for process in self.processes:
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -89,19 +109,19 @@ class ProcessGroup:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
         for _ in range(3):  # children of children may appear while we sweep
-            stray = _tagged_pids(self.tag)
+            stray = _tagged_pids(self.tag, self.sessions)
             if not stray:
                 return
             for pid in stray:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.3)
-        left = _tagged_pids(self.tag)
+        left = _tagged_pids(self.tag, self.sessions)
         if left:
             log.warning("processes still running after stop: %s", left)
 
     def alive(self) -> list[int]:
-        return _tagged_pids(self.tag)
+        return _tagged_pids(self.tag, self.sessions)
 
 
 def write_connection(flwr_home: Path, name: str, address: str, *, root_certificates: Path | None = None) -> None:
