@@ -20,7 +20,14 @@ from flwr.clientapp import ClientApp
 
 from client.agent import InstitutionAgent, TrainOutcome
 from common import protocol as p
-from common.config import TrainingConfig, federation_from_run_config, load_institution, parse_config
+from common.config import (
+    TrainingConfig,
+    federation_from_run_config,
+    load_federation,
+    load_institution,
+    parse_config,
+)
+from common.logs import drop_opacus_root_handler
 from common.model import GenomicTransformer, ModelConfig
 from common.protocol import Status
 from common.tasks import declare_tasks
@@ -33,19 +40,24 @@ app = ClientApp()
 _AGENTS: dict[tuple, InstitutionAgent] = {}
 
 
-def agent_for(context: Context, training: TrainingConfig) -> InstitutionAgent:
+def agent_for(context: Context, training: TrainingConfig, simulation_paths: str | None = None) -> InstitutionAgent:
     node = context.node_config
-    if "institution" in node:
+    if "institution" in node:  # deployment: the institution's own file; nothing the server says about paths
         key = ("file", str(node["institution"]))
         make = lambda: InstitutionAgent(load_institution(node["institution"]), federation_training=training)  # noqa: E731
     else:
         index = int(node["partition-id"])
-        key = ("sim", tuple(sorted((k, str(v)) for k, v in context.run_config.items())), index)
+        key = ("sim", tuple(sorted((k, str(v)) for k, v in context.run_config.items())), simulation_paths, index)
 
         def make() -> InstitutionAgent:
-            institution = federation_from_run_config(context.run_config).institution(index)
-            return InstitutionAgent(institution, federation_training=training)
+            if simulation_paths:  # where the ServerApp resolved them (protocol.SIMULATION_PATHS)
+                paths = json.loads(simulation_paths)
+                federation = load_federation(paths["config_file"], output_dir=paths["output_dir"])
+            else:
+                federation = federation_from_run_config(context.run_config)
+            return InstitutionAgent(federation.institution(index), federation_training=training)
     if key not in _AGENTS:
+        drop_opacus_root_handler()
         torch.set_num_threads(max(1, int(os.environ.get("HELIXFED_CLIENT_THREADS", "1"))))
         _AGENTS[key] = make()
     return _AGENTS[key]
@@ -113,7 +125,7 @@ def keep_failures_local(handler):
 @app.train()
 @keep_failures_local
 def train(msg: Message, context: Context) -> Message:
-    agent = agent_for(context, training_from(msg))
+    agent = agent_for(context, training_from(msg), msg.content[p.CONFIG].get(p.SIMULATION_PATHS))
     model = model_from(msg, agent)
     config = msg.content[p.CONFIG]
     outcome = agent.train(model, run_id=str(context.run_id), server_round=int(config[p.SERVER_ROUND]),
@@ -124,7 +136,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 @keep_failures_local
 def evaluate(msg: Message, context: Context) -> Message:
-    agent = agent_for(context, training_from(msg))
+    agent = agent_for(context, training_from(msg), msg.content[p.CONFIG].get(p.SIMULATION_PATHS))
     if not agent.config.privacy.share_evaluation:  # metrics on raw test data are outside ε: opt-in only
         return Message(RecordDict({p.META: meta(agent, Status.DECLINED, "privacy.share_evaluation is false")}),
                        reply_to=msg)

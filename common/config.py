@@ -489,7 +489,7 @@ def load_federation(path: str | Path, *, output_dir: Path | None = None) -> Fede
 
 
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app: pyproject.toml and the three packages
-DEFAULT_FEDERATION_FILE = "configs/tiny.yaml"
+DEFAULT_FEDERATION_FILE = "configs/quickstart.yaml"  # as pyproject's run config
 
 
 def run_base_dir(run_config: Mapping) -> Path:
@@ -497,14 +497,18 @@ def run_base_dir(run_config: Mapping) -> Path:
     return Path(str(run_config.get(RunConfigKey.BASE_DIR) or APP_DIR)).resolve()
 
 
-def federation_from_run_config(run_config: Mapping) -> FederationConfig:
-    """The federation a Flower run config names, with every path absolute; the ServerApp and the
-    simulated ClientApps both call this, so they agree on every directory.
-
-    The apps run in the SuperLink's working directory, not the user's, so nothing here may
-    depend on the cwd.
-    """
+def run_config_paths(run_config: Mapping) -> tuple[Path, Path | None]:
+    """The federation file and the output directory override (None: the file's own) a Flower run
+    config names, absolute. The apps run in the SuperLink's working directory, not the user's, so
+    nothing here may depend on the cwd."""
     base = run_base_dir(run_config)
     config_file = (base / str(run_config.get(RunConfigKey.CONFIG_FILE) or DEFAULT_FEDERATION_FILE)).resolve()
     out = str(run_config.get(RunConfigKey.OUT_DIR) or "")
-    return load_federation(config_file, output_dir=(base / out).resolve() if out else None)
+    return config_file, (base / out).resolve() if out else None
+
+
+def federation_from_run_config(run_config: Mapping) -> FederationConfig:
+    """The federation a Flower run config names, with every path absolute (the ServerApp's view;
+    simulated ClientApps take the paths the ServerApp resolved, see ``protocol.SIMULATION_PATHS``)."""
+    config_file, out = run_config_paths(run_config)
+    return load_federation(config_file, output_dir=out)

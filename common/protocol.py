@@ -35,6 +35,10 @@ TASKS = "tasks"  # JSON list of the federation's tasks (the model's heads)
 TASK_DECLARATIONS = "task-declarations"  # JSON {name: declaration} of the tasks that are not built in
 TRAINING = "training"  # JSON of the federation's TrainingConfig (an institution may override it)
 RUN_NAME = "run-name"
+# Simulation only: JSON {"config_file", "output_dir"} as the ServerApp resolved them. Flower may load
+# the simulated ClientApps from another copy of the code than the ServerApp (the FAB vs an editable
+# install), so paths derived from the code's location would differ; a deployed SuperNode ignores it.
+SIMULATION_PATHS = "simulation-paths"
 
 # -- meta keys, institution -> server -------------------------------------------------------------
 INSTITUTION = "institution"

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
+from rich.text import Text
 
 from common import protocol as p
 from common.checkpoint import checkpoint_privacy, load_checkpoint, start_from
@@ -25,10 +26,12 @@ from common.config import FederationConfig
 from common.data.readers import load_dataset
 from common.evaluation import evaluate
 from common.finetuning import trainable_names
+from common.logs import flower_log
 from common.model import GenomicTransformer
 from common.protocol import MetricsLog, RoundMetrics, Status, json_safe
 from common.tasks import declared_tasks
 from server.checkpoints import RunCheckpoints
+from server.ops.progress import round_summary
 from server.strategy import RoundRecord, SpeciesFedAvg
 
 log = logging.getLogger(__name__)
@@ -46,8 +49,10 @@ class FederationRun:
     evaluation data), :meth:`execute` runs the rounds.
     """
 
-    def __init__(self, config: FederationConfig, *, num_rounds: int | None = None, audit: AuditHook | None = None):
+    def __init__(self, config: FederationConfig, *, num_rounds: int | None = None, audit: AuditHook | None = None,
+                 simulation_paths: dict[str, str] | None = None):
         self.config = config
+        self.simulation_paths = simulation_paths  # sent to simulated institutions (protocol.SIMULATION_PATHS)
         self.num_rounds = num_rounds or config.federation.rounds
         self.audit = audit or (lambda event, fields: None)
         self.metrics = MetricsLog(config.output_dir)
@@ -116,9 +121,11 @@ class FederationRun:
             p.MODEL_CONFIG: json.dumps(self.config.model.to_dict()), p.TASKS: json.dumps(list(self.config.tasks)),
             p.TASK_DECLARATIONS: json.dumps(declared_tasks(self.config.tasks)),
             p.TRAINING: self.config.training.model_dump_json(), p.RUN_NAME: self.config.name,
-            p.NUM_ROUNDS: self.num_rounds})
+            p.NUM_ROUNDS: self.num_rounds,
+            **({p.SIMULATION_PATHS: json.dumps(self.simulation_paths)} if self.simulation_paths else {})})
         self.audit("run_started", {"name": self.config.name, "rounds": self.num_rounds,
                                    "start_round": self.start_round})
+        flower_log(f"{self.config.name}: {self.num_rounds} rounds; outputs in {self.config.output_dir}")
         if self.start_round == 1 and not self.history:
             self._record(0, RoundRecord(), 0.0)
         timeout = self.config.federation.round_timeout_s
@@ -149,6 +156,7 @@ class FederationRun:
                             aggregation=record.aggregation, wall_seconds=seconds)
         self.history.append(line)
         self.metrics.append(line)
+        flower_log(Text.from_markup(round_summary(line, self.num_rounds)).plain)  # `flwr log`, `--stream`
         audit_round(self.audit, server_round, record, seconds, self._known_nodes)
 
     def _finish(self) -> None:
@@ -157,6 +165,7 @@ class FederationRun:
         final = self.checkpoints.save_final(self.model, self.config, self.num_rounds, self.history)
         report = write_report(self.config.output_dir, self.history, self.config, central=self.central)
         self.audit("run_finished", {"final": str(final), "report": str(report)})
+        flower_log(f"{self.config.name}: finished; report {report}, final model {final}")
 
 
 def audit_round(audit: AuditHook, server_round: int, record: RoundRecord, seconds: float,

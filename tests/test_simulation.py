@@ -89,21 +89,47 @@ def test_two_rounds_end_to_end_with_a_resume_that_keeps_round_one(tmp_path, tiny
     assert flower_processes_under(out) == []
 
 
-def test_flwr_run_dot_with_the_tiny_config(tmp_path, tiny_data):
-    """What a Flower user types: `flwr run .` on the project, managed local SuperLink included."""
-    out = prepared_out(tmp_path, tiny_data)
-    group = ProcessGroup(tmp_path / "flwr-home")
+def test_flwr_run_dot_as_a_flower_user_types_it(tmp_path, tiny_data):
+    """Issue 15: with a fresh FLWR_HOME, `flwr run .` and nothing else runs the app's default
+    federation on Flower's default local simulation (2 SuperNodes), generating its data; server and
+    simulated institutions agree on every directory (Flower loads the ClientApps from the editable
+    install, the ServerApp from the installed FAB); `flwr log` shows each round once. Then the README's
+    way to more nodes and another config: `--run-config` and `--federation-config`."""
+    flwr_home = tmp_path / "flwr-home"
+    group = ProcessGroup(flwr_home)
     group.env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(_free_port())
     group.env["FLWR_LOCAL_CONTROL_API_PORT"] = str(_free_port())
     try:
+        result = subprocess.run(["flwr", "run", ".", "--stream"], cwd=ROOT, env=group.env, capture_output=True,
+                                text=True, timeout=500)
+        streamed = result.stdout + result.stderr
+        run_id = started_run_id(streamed)
+        assert run_id is not None, streamed[-3000:]
+        assert run_status(group, "local", run_id) == "finished:completed", streamed[-3000:]
+        outputs = list((flwr_home / "apps").glob("*/runs/quickstart"))
+        assert len(outputs) == 1, "outputs go where the FAB's configs/quickstart.yaml says: ../runs/quickstart"
+        out = outputs[0]
+        assert [line["round"] for line in read_metrics(out)] == [0, 1, 2, 3]
+        assert {p.name for p in (out / "state").iterdir()} == {"oslo-uh", "jackson-lab"}  # the same directory
+        assert not (ROOT / "runs" / "quickstart").exists(), "a simulated institution wrote into the checkout"
+        epsilon = read_metrics(out)[-1]["institutions"]["oslo-uh"]["epsilon"]
+        assert PrivacyLedger.load(out / "state" / "oslo-uh").epsilon() == pytest.approx(epsilon)
+        logged = group.run(["flwr", "log", str(run_id), "local", "--show"], timeout=60).stdout
+        for round_number in (1, 2, 3):
+            assert logged.count(f"round {round_number}/3 ") == 1, logged[-3000:]
+        assert f"outputs in {out}" in logged and "finished; report" in logged
+
+        more = tmp_path / "run"
+        more.mkdir()
+        (more / "data").symlink_to(tiny_data)
         result = subprocess.run(
-            ["flwr", "run", ".", "--stream", "--federation-config", "num-supernodes=3 client-resources-num-cpus=1",
-             "--run-config", f'out-dir="{out}" num-server-rounds=1'],
+            ["flwr", "run", ".", "--stream", "--federation-config", "num-supernodes=3",
+             "--run-config", f'config-file="configs/tiny.yaml" out-dir="{more}" num-server-rounds=1'],
             cwd=ROOT, env=group.env, capture_output=True, text=True, timeout=500)
         run_id = started_run_id(result.stdout + result.stderr)
-        assert run_id is not None, result.stdout[-2000:] + result.stderr[-2000:]
-        assert run_status(group, "local", run_id) == "finished:completed"
-        assert [line["round"] for line in read_metrics(out)] == [0, 1]
+        assert run_status(group, "local", run_id) == "finished:completed", (result.stdout + result.stderr)[-3000:]
+        assert [line["round"] for line in read_metrics(more)] == [0, 1]
+        assert {p.name for p in (more / "state").iterdir()} == INSTITUTIONS
     finally:
         group.stop()  # the managed SuperLink outlives `flwr run`; it carries our tag
     assert group.alive() == []

@@ -1,0 +1,22 @@
+"""Logging shared by the Flower apps: no line twice, and round results in Flower's own log."""
+
+from __future__ import annotations
+
+import logging
+
+# Opacus calls logging.basicConfig on import (opacus/utils/module_utils.py) with this format; in a
+# Flower app process that root handler prints every line of Flower's logger a second time.
+_OPACUS_ROOT_FORMAT = "%(asctime)s:%(levelname)s:%(message)s"
+
+
+def drop_opacus_root_handler() -> None:
+    """Remove the root handler Opacus installs on import, and only that one."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if handler.formatter is not None and handler.formatter._fmt == _OPACUS_ROOT_FORMAT:
+            root.removeHandler(handler)
+
+
+def flower_log(message: str) -> None:
+    """A line in Flower's log (``flwr log``, ``flwr run --stream``), at INFO."""
+    logging.getLogger("flwr").info(message)
