@@ -2,9 +2,10 @@
 
 Where the institution's config comes from:
 - deployment: the SuperNode's node config, ``--node-config 'institution="/path/inst.yaml"'``;
-- simulation: the run config's ``config-file`` (a federation file listing institutions inline)
-  and the node's ``partition-id``, with data and state where the federation file places them
-  (:meth:`common.config.FederationConfig.institution`: the server reads the same).
+- simulation: the federation file listing institutions inline and the node's ``partition-id``,
+  with data and state where that file places them (:meth:`common.config.FederationConfig.institution`).
+  The file and output directory are the ones the ServerApp resolved (``protocol.SIMULATION_PATHS``),
+  since Flower may load this app from another copy of the code than the ServerApp.
 """
 
 from __future__ import annotations
