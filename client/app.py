@@ -97,8 +97,11 @@ def encode_outcome(agent: InstitutionAgent, outcome: TrainOutcome) -> RecordDict
     # Record counts per task are disclosed metadata (the README's privacy model); the training loss,
     # computed on raw private batches, stays here: nothing leaves that the ledger does not cover.
     per_task = {t: {p.NUM_EXAMPLES: n} for t, n in outcome.examples.items()}
+    described = meta(agent, outcome.status, outcome.reason)
+    if agent.ledger is not None:  # what the reported ε means; public configuration, not data
+        described[p.ACCOUNTANT] = agent.ledger.accountant
     record = RecordDict({p.METRICS: MetricRecord({**numbers, **p.flatten_task_metrics(per_task)}),
-                         p.META: meta(agent, outcome.status, outcome.reason)})
+                         p.META: described})
     if outcome.weights is not None:
         record[p.ARRAYS] = ArrayRecord(outcome.weights)
     return record

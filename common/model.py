@@ -14,7 +14,9 @@ nn.Linear because Opacus 1.6's DPMultiheadAttention mixes heads with batch_first
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -339,6 +341,26 @@ class GenomicTransformer(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, directory: str | os.PathLike, *, round: int = 0, state: dict | None = None,
+                        card: str | None = None) -> Path:
+        """Write this model as a checkpoint directory (``model.safetensors``, ``config.json``,
+        ``checkpoint.json``, ``README.md``; see :mod:`common.checkpoint`), as Hugging Face models do."""
+        from common.checkpoint import save_checkpoint  # common.checkpoint imports this module
+
+        return save_checkpoint(directory, weights=self.state_dict(), model_config=self.config, tasks=self.tasks,
+                               round=round, state=state, card=card)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> GenomicTransformer:
+        """The model a checkpoint directory holds, in eval mode (safetensors only: nothing is unpickled).
+
+        Raises:
+            common.checkpoint.CheckpointError: not a readable helixfed checkpoint (older and foreign ones included).
+        """
+        from common.checkpoint import load_model
+
+        return load_model(directory)[0]
 
 
 def parameters_for_task(model: GenomicTransformer, task: str, *, trainable: str = "all") -> list[nn.Parameter]:

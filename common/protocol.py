@@ -45,6 +45,7 @@ INSTITUTION = "institution"
 SPECIES = "species"
 STATUS = "status"  # a Status value
 REASON = "reason"
+ACCOUNTANT = "accountant"  # the ledger's accountant (rdp|prv), in a training reply: what its ε means
 
 # -- numbers an institution reports (kebab-case, as Flower records are) ---------------------------
 NUM_EXAMPLES = "num-examples"
@@ -157,6 +158,7 @@ class InstitutionRound:
     budget: float | None = None
     loss: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    accountant: str | None = None  # how its ledger computes ε (rdp|prv)
 
 
 @dataclass(frozen=True)

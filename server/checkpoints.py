@@ -12,6 +12,7 @@ from pathlib import Path
 from common.checkpoint import PRIVATE_STARTS, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from common.config import FederationConfig
 from common.model import GenomicTransformer
+from common.model_card import federation_card
 from common.protocol import RoundMetrics, Status
 
 CHECKPOINT_DIR = "checkpoints"
@@ -62,23 +63,49 @@ class RunCheckpoints:
         history = [RoundMetrics.from_json(line) for line in checkpoint.state.get("metrics", [])]
         return checkpoint, history
 
+    def _card(self, config: FederationConfig, history: list[RoundMetrics], privacy: dict,
+              baselines: tuple[dict | None, dict | None] = (None, None)) -> str:
+        t = config.training
+        training = (f"{t.local_epochs} local epoch(s) per round, logical batch {t.batch_size}, {t.optimizer} at "
+                    f"learning rate {t.learning_rate} ({t.lr_schedule}), trainable: {t.trainable}; aggregation "
+                    f"{config.aggregation.mode}" + (f"; started from {config.init_checkpoint.name}"
+                                                    if config.init_checkpoint else "; from scratch"))
+        return federation_card(name=config.name, model_config=config.model, tasks=config.tasks, history=history,
+                               privacy=privacy, training=training, baseline=baselines[0], dp_baseline=baselines[1])
+
+    def _state(self, config: FederationConfig, history: list[RoundMetrics], metrics: list[RoundMetrics]) -> dict:
+        """What a checkpoint records of its run: the metrics (all rounds for resuming, the last for
+        final/), the run config, the privacy provenance with each institution's last reported spend, and
+        the data each institution trained on (species, records per task) — nothing the server may not know."""
+        privacy = trained_privacy(history, start=self.start_privacy)
+        spent, data = {}, {}
+        for line in history:
+            for name, r in line.institutions.items():
+                if r.epsilon is not None:
+                    spent[name] = {"epsilon": r.epsilon, "delta": r.delta, "budget": r.budget,
+                                   "accountant": r.accountant}
+                if r.status == Status.TRAINED:
+                    data[name] = {"species": r.species, "records": dict(r.examples)}
+        return {"metrics": [line.to_json() for line in metrics], "config": config.model_dump(mode="json"),
+                "privacy": {**privacy, "institutions": spent}, "data": data}
+
     def save_round(self, model: GenomicTransformer, config: FederationConfig, server_round: int,
                    history: list[RoundMetrics]) -> Path:
         """Write ``round-NNNN`` and drop all but the newest ``keep``."""
+        state = self._state(config, history, history)
         path = save_checkpoint(self.directory / f"round-{server_round:04d}", weights=model.state_dict(),
-                               model_config=config.model, tasks=config.tasks, round=server_round,
-                               state={"metrics": [line.to_json() for line in history],
-                                      "config": config.model_dump(mode="json"), "privacy": trained_privacy(history, start=self.start_privacy)})
+                               model_config=config.model, tasks=config.tasks, round=server_round, state=state,
+                               card=self._card(config, history, state["privacy"]))
         for old in sorted(self.directory.glob("round-*"))[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return path
 
     def save_final(self, model: GenomicTransformer, config: FederationConfig, server_round: int,
-                   history: list[RoundMetrics]) -> Path:
+                   history: list[RoundMetrics], *, baselines: tuple[dict | None, dict | None] = (None, None)) -> Path:
+        state = self._state(config, history, history[-1:])
         return save_checkpoint(self.final_dir, weights=model.state_dict(), model_config=config.model,
-                               tasks=config.tasks, round=server_round,
-                               state={"metrics": [history[-1].to_json()] if history else [],
-                                      "privacy": trained_privacy(history, start=self.start_privacy)})
+                               tasks=config.tasks, round=server_round, state=state,
+                               card=self._card(config, history, state["privacy"], baselines))
 
     def forget_final(self) -> None:
         """A fresh run must not leave an older run's model looking like its result."""

@@ -161,13 +161,19 @@ def _plot_epsilon(history: list[RoundMetrics], out: Path) -> Path:
     return path
 
 
-def write_report(out_dir: Path, history: list[RoundMetrics], config: FederationConfig, *,
-                 central: dict | None = None) -> Path:
-    """Write report.md and the plots; returns the report's path."""
+def report_baselines(history: list[RoundMetrics], config: FederationConfig, central: dict | None
+                     ) -> tuple[dict | None, dict | None]:
+    """The k-mer baselines without and with DP (None where not wanted or not computable)."""
     wanted = bool(central) and config.central_evaluation.baselines
-    baseline = baselines(central) if wanted else None
     epsilon = largest_budget(history)
-    dp_baseline = baselines(central, dp_epsilon=epsilon) if wanted and epsilon is not None else None
+    return (baselines(central) if wanted else None,
+            baselines(central, dp_epsilon=epsilon) if wanted and epsilon is not None else None)
+
+
+def write_report(out_dir: Path, history: list[RoundMetrics], config: FederationConfig, *,
+                 baseline: dict | None = None, dp_baseline: dict | None = None) -> Path:
+    """Write report.md and the plots (baselines from :func:`report_baselines`); returns the report's path."""
+    epsilon = largest_budget(history)
     plots = plot_metrics(history, out_dir / PLOTS_DIR)
     lines = [f"# helixfed run `{config.name}`", "",
              f"{history[-1].round} rounds, aggregation `{config.aggregation.mode}`, tasks "

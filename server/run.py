@@ -160,10 +160,13 @@ class FederationRun:
         audit_round(self.audit, server_round, record, seconds, self._known_nodes)
 
     def _finish(self) -> None:
-        from server.report import write_report
+        from server.report import report_baselines, write_report
 
-        final = self.checkpoints.save_final(self.model, self.config, self.num_rounds, self.history)
-        report = write_report(self.config.output_dir, self.history, self.config, central=self.central)
+        baseline, dp_baseline = report_baselines(self.history, self.config, self.central)
+        final = self.checkpoints.save_final(self.model, self.config, self.num_rounds, self.history,
+                                            baselines=(baseline, dp_baseline))
+        report = write_report(self.config.output_dir, self.history, self.config, baseline=baseline,
+                              dp_baseline=dp_baseline)
         self.audit("run_finished", {"final": str(final), "report": str(report)})
         flower_log(f"{self.config.name}: finished; report {report}, final model {final}")
 

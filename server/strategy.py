@@ -42,12 +42,13 @@ class InstitutionReport:
     budget: float | None = None
     loss: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    accountant: str | None = None
 
     def as_round(self) -> InstitutionRound:
         """What metrics.jsonl keeps of it (the node id stays in the audit log)."""
         return InstitutionRound(species=self.species, status=self.status, examples=self.examples,
                                 epsilon=self.epsilon, delta=self.delta, budget=self.budget, loss=self.loss,
-                                reason=self.reason)
+                                reason=self.reason, accountant=self.accountant)
 
 
 @dataclass
@@ -63,6 +64,11 @@ def _meta(msg: Message) -> tuple[str, str, str, str]:
         return f"node-{msg.metadata.src_node_id}", "unknown", "", ""
     return (str(meta.get(p.INSTITUTION, f"node-{msg.metadata.src_node_id}")), str(meta.get(p.SPECIES, "unknown")),
             str(meta.get(p.STATUS, "")), str(meta.get(p.REASON, "")))
+
+
+def _accountant(msg: Message) -> str | None:
+    value = (msg.content.get(p.META) or {}).get(p.ACCOUNTANT)
+    return str(value) if value in ("rdp", "prv") else None
 
 
 def _float(metrics: MetricRecord, key: str) -> float | None:
@@ -151,7 +157,8 @@ class SpeciesFedAvg(FedAvg):
             msg.metadata.src_node_id, institution, species, status,
             examples={t: int(m.get(p.NUM_EXAMPLES, 0)) for t, m in per_task.items()},
             epsilon=_float(metrics, p.EPSILON), delta=_float(metrics, p.DELTA), budget=_float(metrics, p.BUDGET),
-            loss={t: m[p.LOSS] for t, m in per_task.items() if p.LOSS in m}, reason=reason)
+            loss={t: m[p.LOSS] for t, m in per_task.items() if p.LOSS in m}, reason=reason,
+            accountant=_accountant(msg))
         if status == Status.FAILED:  # the agent caught its own error; the details stay in its log
             log.warning("round reply from %s failed: %s", institution, reason)
             return report, None

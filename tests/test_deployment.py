@@ -155,7 +155,7 @@ def test_a_deployed_run_refuses_an_unregistered_key_survives_a_killed_agent_and_
     assert history[-1]["institutions"]["ecoli-reference"]["status"] == "trained"
     assert history[-1]["epsilon"]["ecoli-reference"] == pytest.approx(after.epsilon(), rel=1e-9)
     assert set(history[-1]["institutions"]) == set(names)
-    assert (out / "final" / "weights.pt").is_file() and (out / "report.md").is_file()
+    assert (out / "final" / "model.safetensors").is_file() and (out / "report.md").is_file()
 
     events = audit_events(out)
     kinds = [e["event"] for e in events]

@@ -78,7 +78,7 @@ def test_every_key_of_a_train_reply_is_accounted_for(site):
     assert not reply.has_error(), reply.error
     assert set(reply.content.keys()) == {p.ARRAYS, p.METRICS, p.META}
     assert set(reply.content[p.METRICS].keys()) == TRAIN_METRIC_KEYS  # no training loss, nothing else
-    assert set(reply.content[p.META].keys()) == META_KEYS
+    assert set(reply.content[p.META].keys()) == META_KEYS | {p.ACCOUNTANT}  # what its epsilon means
 
 
 def test_evaluation_metrics_leave_only_when_the_institution_opts_in(site):
@@ -305,27 +305,47 @@ def test_an_agent_seals_its_ledger_with_the_key_its_config_names(site):
 # ---------------------------------------------------------------- hostile checkpoints
 
 
+def _reseal(path: Path) -> None:  # a matching checksum: what a damaged but consistent directory looks like
+    meta = json.loads((path / "checkpoint.json").read_text())
+    meta["weights_sha256"] = hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+    (path / "checkpoint.json").write_text(json.dumps(meta))
+
+
 def _rewrite_weights(path: Path, weights) -> None:
-    torch.save(weights, path / "weights.pt")
-    meta = json.loads((path / "checkpoint.json").read_text())
-    meta["weights_sha256"] = hashlib.sha256((path / "weights.pt").read_bytes()).hexdigest()
-    (path / "checkpoint.json").write_text(json.dumps(meta))
+    from safetensors.torch import save_file
+    save_file(weights, str(path / "model.safetensors"))
+    _reseal(path)
 
 
-def _edit_meta(path: Path, **changes) -> None:
-    meta = json.loads((path / "checkpoint.json").read_text())
+def _pickle_as_weights(path: Path) -> None:  # a pickle renamed model.safetensors is never unpickled
+    torch.save({"w": torch.zeros(2)}, path / "model.safetensors")
+    _reseal(path)
+
+
+def _as_version_1(path: Path) -> None:  # what helixfed wrote before safetensors
+    torch.save(GenomicTransformer(MODEL, tasks=("promoter",)).state_dict(), path / "weights.pt")
+    (path / "model.safetensors").unlink()
+
+
+def _edit_json(path: Path, name: str, **changes) -> None:
+    meta = json.loads((path / name).read_text())
     meta.update(changes)
-    (path / "checkpoint.json").write_text(json.dumps(meta))
+    (path / name).write_text(json.dumps(meta))
 
 
 @pytest.mark.parametrize("damage, message", [
     (lambda d: (d / "checkpoint.json").write_bytes(b"\xff\xfe{binary"), "unreadable checkpoint metadata"),
-    (lambda d: _edit_meta(d, tasks=["martian_task"]), r"tasks \['martian_task'\] are neither built in"),
-    (lambda d: _edit_meta(d, tasks="promoter"), "'tasks' must be a non-empty list"),
-    (lambda d: _edit_meta(d, round="abc"), "'round' must be an integer >= 0, got 'abc'"),
-    (lambda d: _edit_meta(d, state=[1, 2]), "'state' must be an object"),
-    (lambda d: _edit_meta(d, model={**MODEL.to_dict(), "max_len": 2_000_000_000}), "above the limit"),
-    (lambda d: _rewrite_weights(d, [torch.zeros(2)]), "expected a mapping of parameter names to tensors"),
+    (lambda d: (d / "config.json").write_bytes(b"[1, 2]"), "unreadable model config: expected a JSON object"),
+    (lambda d: _edit_json(d, "config.json", tasks=["martian_task"]), r"tasks \['martian_task'\] are neither built in"),
+    (lambda d: _edit_json(d, "config.json", tasks="promoter"), "'tasks' must be a non-empty list"),
+    (lambda d: _edit_json(d, "config.json", model_type="bert"), "model_type 'bert' is not"),
+    (lambda d: _edit_json(d, "checkpoint.json", round="abc"), "'round' must be an integer >= 0, got 'abc'"),
+    (lambda d: _edit_json(d, "checkpoint.json", state=[1, 2]), "'state' must be an object"),
+    (lambda d: _edit_json(d, "checkpoint.json", version=1), "not a helixfed-checkpoint version 2 file"),
+    (lambda d: _edit_json(d, "config.json", model={**MODEL.to_dict(), "max_len": 2_000_000_000}), "above the limit"),
+    (_pickle_as_weights, "cannot load weights"),
+    (_as_version_1, "older helixfed .*weights.pt, a pickle"),
+    (lambda d: (d / "config.json").unlink(), "not a helixfed checkpoint"),
     (lambda d: _rewrite_weights(d, {k: v.fill_(float("nan")) if "heads" in k else v
                                     for k, v in GenomicTransformer(MODEL, tasks=("promoter",)).state_dict().items()}),
      "non-finite values in heads"),

@@ -12,6 +12,7 @@ import pytest
 
 from client.privacy.ledger import PrivacyLedger
 from common.checkpoint import load_model
+from common.model import GenomicTransformer
 from common.synthetic.cli import synth_from_config
 from server.ops.processes import ProcessGroup, run_status, started_run_id
 from server.ops.simulate import simulate
@@ -81,6 +82,19 @@ def test_two_rounds_end_to_end_with_a_resume_that_keeps_round_one(tmp_path, tiny
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["round-0001", "round-0002"]
     model, checkpoint = load_model(out / "final")  # loadable by common alone
     assert checkpoint.round == 2 and model.tasks == ("promoter", "splice", "coding", "enhancer")
+    # Portable (issue 15): safetensors + config.json + a model card whose ε is each ledger's
+    final = out / "final"
+    assert {f.name for f in final.iterdir()} == {"model.safetensors", "config.json", "checkpoint.json", "README.md"}
+    assert GenomicTransformer.from_pretrained(final).state_dict().keys() == model.state_dict().keys()
+    card = (final / "README.md").read_text()
+    for name in INSTITUTIONS:
+        ledger = PrivacyLedger.load(out / "state" / name)
+        assert f"| {name} | " in card and f"| {ledger.epsilon():.4f} | {ledger.delta} |" in card
+        assert f"| {ledger.accountant} |" in card
+        recorded = checkpoint.state["privacy"]["institutions"][name]
+        assert recorded["epsilon"] == pytest.approx(ledger.epsilon(), rel=1e-9)
+    assert checkpoint.state["config"]["name"] == "tiny" and set(checkpoint.state["data"]) == INSTITUTIONS
+    assert "| promoter | all | mcc |" in card and "k-mer baseline" in card
     report = (out / "report.md").read_text()
     assert "| promoter | human | mcc |" in report and "| oslo-uh | human | 2 |" in report
     assert {p.name for p in (out / "plots").iterdir()} >= {"promoter.png", "splice.png", "epsilon.png"}

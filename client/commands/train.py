@@ -79,8 +79,9 @@ def train_locally(*, institution_file: Path, out_dir: Path, epochs: int, dp: boo
     metrics = agent.evaluate(model, split="test")
     private = agent.ledger is not None and init_privacy in (None, *PRIVATE_STARTS)  # privacy.enabled: false too
     result = {"institution": institution.name, "epochs": epochs_done, "dp": private, "epsilon": agent.epsilon(),
-              "delta": institution.privacy.delta if agent.ledger is not None else None, "init_privacy": init_privacy,
-              "test": metrics}
+              "delta": institution.privacy.delta if agent.ledger is not None else None,
+              "accountant": agent.ledger.accountant if agent.ledger is not None else None,
+              "init_privacy": init_privacy, "test": metrics}
     out_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out_dir / "final", weights=model.state_dict(), model_config=model_config,
                     tasks=tuple(institution.tasks), round=epochs_done,

@@ -67,7 +67,7 @@ def _fail(command: str, err: Exception) -> int:
 
 def _add_checkpoint(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, metavar="DIR",
-                        help="checkpoint directory (weights.pt + checkpoint.json), e.g. <run>/final")
+                        help="checkpoint directory (model.safetensors + config.json + checkpoint.json), e.g. <run>/final")
 
 
 def _open_output(path: Path | None):

@@ -1,0 +1,126 @@
+"""Model cards: the ``README.md`` every checkpoint carries (Hugging Face style).
+
+A card says what the model is for, how it was trained and what its privacy guarantee is, using
+only what the checkpoint's writer knows: a federation's card lists tasks, each institution's species,
+records per task, rounds trained and the ε, δ and accountant from its ledger as it reported them,
+the central metrics with the k-mer baselines when the report computed them; a local or pre-training
+checkpoint's card says what its state records. Numbers are copied from the metrics history, never
+recomputed, so the card's ε is the ledgers' (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from common.model import ModelConfig
+from common.protocol import RoundMetrics, Status
+from common.tasks import get_task
+
+INTENDED_USE = (
+    "Research on the tasks above: scoring DNA windows of the lengths trained on, for the species "
+    "listed. Not a diagnostic device. Generated (simulated) data trains models that say nothing about "
+    "real biology. Predictions outside the training species and lengths are extrapolation.")
+
+
+def _front_matter(tasks: Sequence[str], species: Sequence[str]) -> list[str]:
+    tags = ["helixfed", "genomics", "dna", "differential-privacy", "federated-learning"]
+    return ["---", "library_name: helixfed", f"tags: [{', '.join(tags)}]",
+            f"tasks: [{', '.join(tasks)}]", f"species: [{', '.join(species)}]", "---", ""]
+
+
+def _architecture(model_config: ModelConfig) -> str:
+    c = model_config
+    extras = [f"linear k-mer paths (k = 1..{c.kmer_linear})" if c.kmer_linear else "",
+              f"LoRA rank {c.lora_rank}" if c.lora_rank else ""]
+    extra = "; ".join(e for e in extras if e)
+    return (f"GenomicTransformer: d_model {c.d_model}, {c.n_layers} layers, {c.n_heads} heads, d_ff {c.d_ff}, "
+            f"max length {c.max_len}{'; ' + extra if extra else ''}")
+
+
+def _usage(tasks: Sequence[str]) -> list[str]:
+    return ["## How to use", "", "```python", "from common.analysis.scoring import predict_sequences",
+            "from common.model import GenomicTransformer", "",
+            "model = GenomicTransformer.from_pretrained(\"path/to/this/directory\")",
+            f"probabilities = predict_sequences(model, sequences=[\"ACGT...\"], task=\"{tasks[0]}\")", "```", "",
+            "or `helixfed serve --checkpoint DIR --port 50051` (refuses a non-DP model unless --allow-non-dp).", ""]
+
+
+def basic_card(*, model_config: ModelConfig, tasks: tuple[str, ...], round: int, state: Mapping) -> str:
+    """A card for a checkpoint written outside a federation run (local training, pre-training)."""
+    local, pretraining = state.get("local_training"), state.get("pretraining")
+    if isinstance(local, Mapping):
+        how = (f"Trained locally by one institution ({local.get('institution', 'unnamed')}) "
+               + (f"with DP-SGD: ε = {local.get('epsilon')} at δ = {local.get('delta')} ({local.get('accountant')})."
+                  if local.get("dp") else "WITHOUT differential privacy: it must not leave the institution."))
+    elif isinstance(pretraining, Mapping):
+        how = ("Pre-trained without DP on public sequence only (self-supervised masked-base prediction); "
+               "fine-tune it under DP on private data.")
+    else:
+        how = "Written by a helixfed run; see checkpoint.json for its provenance."
+    lines = [*_front_matter(tasks, ()), "# helixfed genomic transformer", "", how, "",
+             f"- Tasks: {', '.join(tasks)}", f"- Architecture: {_architecture(model_config)}", f"- Round/step: {round}", "",
+             "## Intended use and limits", "", INTENDED_USE, "", *_usage(tasks)]
+    return "\n".join(lines) + "\n"
+
+
+def _institution_rows(history: Sequence[RoundMetrics]) -> list[str]:
+    rows = ["| institution | species | records per task (last round trained) | rounds trained | ε spent | δ | "
+            "budget | accountant |", "|---|---|---|---|---|---|---|---|"]
+    names = sorted({name for line in history for name in line.institutions})
+    for name in names:
+        seen = [line.institutions[name] for line in history if name in line.institutions]
+        trained = [r for r in seen if r.status == Status.TRAINED]
+        last = (trained or seen)[-1]
+        records = ", ".join(f"{task} {n}" for task, n in sorted(last.examples.items())) or "–"
+        epsilon = max((r.epsilon for r in seen if r.epsilon is not None), default=None)
+        rows.append(f"| {name} | {last.species} | {records} | {len(trained)} | "
+                    f"{'–' if epsilon is None else f'{epsilon:.4f}'} | {last.delta if last.delta is not None else '–'} | "
+                    f"{last.budget if last.budget is not None else '–'} | {last.accountant or '–'} |")
+    return rows
+
+
+def _metric_rows(history: Sequence[RoundMetrics], baseline: Mapping | None, dp_baseline: Mapping | None) -> list[str]:
+    last = history[-1]
+    rows = ["| task | species | metric | this model | k-mer baseline | k-mer baseline under DP |",
+            "|---|---|---|---|---|---|"]
+
+    def cell(value) -> str:
+        return f"{value:.3f}" if isinstance(value, (int, float)) else "–"
+    for task, metrics in last.central.items():
+        key = get_task(task).headline_metric
+        groups = [("all", metrics), *metrics.get("species", {}).items()]
+        for species, values in groups:
+            rows.append(f"| {task} | {species} | {key} | {cell(values.get(key))} | "
+                        f"{cell((baseline or {}).get(task, {}).get(species))} | "
+                        f"{cell((dp_baseline or {}).get(task, {}).get(species))} |")
+    return rows
+
+
+def federation_card(*, name: str, model_config: ModelConfig, tasks: tuple[str, ...], history: Sequence[RoundMetrics],
+                    privacy: Mapping, training: str, baseline: Mapping | None = None,
+                    dp_baseline: Mapping | None = None) -> str:
+    """The card of a federation's checkpoint (every round's and ``final/``)."""
+    species = sorted({r.species for line in history for r in line.institutions.values()})
+    rounds = history[-1].round if history else 0
+    dp = privacy.get("dp")
+    guarantee = ("Every update averaged into it was trained with DP-SGD under its institution's own budget "
+                 "(record-level DP per institution, from a start that was DP or public)." if dp else
+                 "NOT every update was trained under DP: this model carries no privacy guarantee." if dp is False
+                 else "No institution has trained it yet.")
+    baselines_note = ("" if baseline else
+                      "Baselines are computed with the final report (`report.md`); this card has none.")
+    lines = [*_front_matter(tasks, species), f"# helixfed federation `{name}`: genomic transformer", "",
+             f"Trained by {len({n for line in history for n in line.institutions})} institutions over {rounds} "
+             f"rounds of federated averaging. {guarantee}", "",
+             "## Model", "", f"- Tasks: {', '.join(tasks)}", f"- Architecture: {_architecture(model_config)}",
+             f"- Training: {training}", "",
+             "## Institutions and privacy spent", "",
+             "ε is each institution's cumulative spend as its own ledger reported it (record-level (ε, δ)-DP, "
+             "for that institution's records), not a federation-wide guarantee.", "", *_institution_rows(history), "",
+             f"## Central evaluation (round {rounds}, the server's held-out set)", "",
+             *(_metric_rows(history, baseline, dp_baseline) if history else ["No evaluation yet."]), "",
+             *([baselines_note, ""] if baselines_note else []),
+             "## Intended use and limits", "", INTENDED_USE,
+             "The species weights and record counts come from the institutions and are trusted.", "",
+             *_usage(tasks)]
+    return "\n".join(lines) + "\n"
