@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("server.ops.simulate:add_simulate_parser", "run a simulated federation on this machine"),
     "server": ("server.ops.deploy:add_server_parser", "run the coordinating server (SuperLink + ServerApp)"),
     "certs": ("server.ops.certs:add_certs_parser", "create the CA, the server certificate and the institutions' keys"),
+    "status": ("server.ops.status:add_status_parser",
+               "who is connected to a running server, its round, epsilon per institution"),
     "pretrain": ("server.ops.pretrain:add_pretrain_parser",
                  "pre-train the backbone on public FASTA (masked bases, no DP)"),
     # an institution

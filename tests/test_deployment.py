@@ -137,6 +137,14 @@ def test_a_deployed_run_refuses_an_unregistered_key_survives_a_killed_agent_and_
     while not metrics.exists() or len(metrics.read_text().splitlines()) < 2:  # round 1 done
         assert time.monotonic() < deadline and server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
         time.sleep(0.5)
+    # Operable with Flower's tools while it runs (issue 15): `helixfed status` and `flwr ls` reach it
+    status = json.loads(subprocess.run(
+        [sys.executable, "-m", "common.cli", "status", "--server", f"localhost:{port}", "--root-certificates",
+         str(site / "certs" / "ca.crt"), "--json"], capture_output=True, text=True, timeout=120, check=True).stdout)
+    assert status["run"]["status"].startswith("running") and status["round"] >= 1 and status["rounds"] == 3
+    assert sum(n["status"] == "online" for n in status["nodes"]) == 3 and len(status["nodes"]) == 3
+    assert set(status["epsilon"]) == set(names)
+    run_id = status["run"]["run_id"]
     processes.kill("ecoli-reference")  # the machine dies: agent, SuperNode and app, all at once
     state = tmp_path / "state" / "ecoli-reference"
     ledger = PrivacyLedger.load(state)  # intact, not corrupt
@@ -167,3 +175,60 @@ def test_a_deployed_run_refuses_an_unregistered_key_survives_a_killed_agent_and_
     for agent in agents.values():
         agent.send_signal(signal.SIGTERM)  # agents stop cleanly, taking their SuperNodes with them
         assert agent.wait(timeout=30) is not None
+
+    # A restart keeps the SuperLink's database: the finished run is still listed, enrolment is kept
+    # (the same keys are not registered twice), and Flower's own `flwr ls` reaches it.
+    assert (out / "superlink" / "state.db").is_file()
+    server = start_server(processes, site, config, port, tmp_path / "server-again.log")
+    assert (tmp_path / "server-again.log").read_text().count("registered before this start") == 3
+    flwr_home = tmp_path / "flwr-home"
+    flwr_home.mkdir()
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "fed"\n\n[superlink.fed]\naddress = "localhost:{port}"\n'
+        f'root-certificates = "{site / "certs" / "ca.crt"}"\n')
+    listed = subprocess.run([str(Path(sys.executable).parent / "flwr"), "ls", "--format", "json"], env={**os.environ, "FLWR_HOME": str(flwr_home)},
+                            capture_output=True, text=True, timeout=60)
+    runs = {r["run-id"]: r["status"] for r in json.loads(listed.stdout)["runs"]}
+    assert runs[run_id] == "finished:completed", listed.stdout  # the run from before the restart
+    assert [e["event"] for e in audit_events(out)].count("institution_enrolled") == 3
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=60) is not None
+
+
+def test_status_reads_the_latest_round_and_epsilon_from_flowers_log():
+    from server.ops.status import latest_round
+
+    log = ("INFO :      round 0/3 (initial model)  central: promoter 0.000\n"
+           "INFO :      round 1/3 19.9 s  institutions: 2  central: promoter 0.100\n"
+           "    epsilon: oslo-uh 4.64, jackson-lab 4.60\n"
+           "INFO :      configure_train: Sampled 2 nodes (out of 2)\n"
+           "INFO :      round 2/3 3.5 s  institutions: 1  central: promoter 0.200  refused: jackson-lab\n"
+           "    epsilon: oslo-uh 6.48, jackson-lab 4.60\n")
+    assert latest_round(log) == {"round": 2, "rounds": 3, "institutions_trained": 1,
+                                 "epsilon": {"oslo-uh": 6.48, "jackson-lab": 4.60}}
+    assert latest_round("INFO : round 0/3 (initial model)") == {}
+
+
+def test_flowers_flag_names_are_accepted(tmp_path):
+    import argparse
+
+    from client.commands.supernode import add_client_parser
+    from server.ops.deploy import add_server_parser
+
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers()
+    add_client_parser(commands), add_server_parser(commands)
+    client = parser.parse_args(["client", "--institution", "i.yaml", "--superlink", "fl.example.org:9092",
+                                "--root-certificates", "ca.crt", "--auth-supernode-private-key", "key"])
+    assert client.server == "fl.example.org:9092" and client.key == Path("key")
+    files = [tmp_path / n for n in ("ca.crt", "server.crt", "server.key")]
+    for f in files:
+        f.write_text("x")
+    server = parser.parse_args(["server", "--config", "f.yaml", "--ssl-ca-certfile", str(files[0]),
+                                "--ssl-certfile", str(files[1]), "--ssl-keyfile", str(files[2])])
+    from server.ops.deploy import _tls_arguments
+    assert _tls_arguments(server) == tuple(files)
+    from common.config import ConfigError
+    half = parser.parse_args(["server", "--config", "f.yaml", "--ssl-certfile", str(files[1])])
+    with pytest.raises(ConfigError, match="--ssl-certfile needs --ssl-keyfile and --ssl-ca-certfile"):
+        _tls_arguments(half)

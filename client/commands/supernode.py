@@ -146,9 +146,11 @@ def _stop_session(process: subprocess.Popen) -> None:
 def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("client", help="run an institution's agent (SuperNode + ClientApp)")
     parser.add_argument("--institution", type=Path, required=True, help="institution YAML")
-    parser.add_argument("--server", required=True, help="HOST:PORT of the coordinating server")
+    parser.add_argument("--server", "--superlink", dest="server", required=True,
+                        help="HOST:PORT of the coordinating server (--superlink, as flower-supernode says)")
     parser.add_argument("--root-certificates", type=Path, help="CA certificate the server's certificate is checked against")
-    parser.add_argument("--key", type=Path, help="the institution's private key (enrolled with the server)")
+    parser.add_argument("--key", "--auth-supernode-private-key", dest="key", type=Path,
+                        help="the institution's private key, enrolled with the server (Flower's name also works)")
     parser.add_argument("--insecure", action="store_true", help="no TLS: local experiments only")
     parser.add_argument("--port", type=int, default=9094, help="local port of the SuperNode's app API")
     parser.add_argument("--activation-wait", type=float, default=90.0, metavar="SECONDS",
