@@ -25,6 +25,7 @@ from common.evaluation import evaluate
 from common.finetuning import trainable_names
 from common.model import GenomicTransformer
 from common.protocol import Status
+from common.tracking import TENSORBOARD_DIR, ScalarLog
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class InstitutionAgent:
             self.training = self.training.model_copy(update={"trainable": federation_training.trainable})
         self.device = resolve_device(config.device)
         self._data: dict[str, dict[str, GenomicDataset]] = {}
+        self._scalars: ScalarLog | None = None  # local-training curves, opened with the first round
         self.ledger = self._open_ledger() if config.privacy.enabled else None
 
     def _open_ledger(self) -> PrivacyLedger:
@@ -102,7 +104,9 @@ class InstitutionAgent:
         progress = ((server_round - 1) / num_rounds, server_round / num_rounds) if num_rounds else (0.0, 1.0)
         if self.ledger is None:
             result = self._run(model, train, dp=False, sigma=0.0, progress=progress)
-            return self._outcome(Status.TRAINED, result, math.inf, 0.0, math.inf, model)
+            outcome = self._outcome(Status.TRAINED, result, math.inf, 0.0, math.inf, model)
+            self._track(server_round, outcome)
+            return outcome
         privacy = self.config.privacy
         try:
             sigma = self.noise_multiplier(train)
@@ -118,8 +122,20 @@ class InstitutionAgent:
                                        f"next round would reach {check.projected:.4f}")
         result = self._run(model, train, dp=True, sigma=sigma, progress=progress)
         self.ledger.record_round(run_id=run_id, round=server_round, segments=result.segments)
-        return self._outcome(Status.TRAINED, result, self.ledger.epsilon(), privacy.delta, privacy.epsilon, model,
-                             sigma)
+        outcome = self._outcome(Status.TRAINED, result, self.ledger.epsilon(), privacy.delta, privacy.epsilon,
+                                model, sigma)
+        self._track(server_round, outcome)
+        return outcome
+
+    def _track(self, step: int, outcome: TrainOutcome) -> None:
+        """Local-training curves for this institution's own eyes (never sent): loss per task on its
+        private batches, ε and σ, under ``<state_dir>/tensorboard``."""
+        if self.config.state_dir is None:
+            return
+        if self._scalars is None:
+            self._scalars = ScalarLog(self.config.state_dir / TENSORBOARD_DIR)
+        self._scalars.write(step, {**{f"local/loss/{task}": loss for task, loss in outcome.losses.items()},
+                                   "local/epsilon": outcome.epsilon, "local/noise_multiplier": outcome.noise_multiplier})
 
     def _run(self, model: GenomicTransformer, train: dict[str, GenomicDataset], *, dp: bool,
              sigma: float, progress: tuple[float, float]) -> RoundResult:

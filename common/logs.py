@@ -1,8 +1,19 @@
-"""Logging shared by the Flower apps: no line twice, and round results in Flower's own log."""
+"""Console output shared by the commands and the Flower apps: no log line twice, round results in
+Flower's own log, progress bars with an ETA."""
 
 from __future__ import annotations
 
 import logging
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 # Opacus calls logging.basicConfig on import (opacus/utils/module_utils.py) with this format; in a
 # Flower app process that root handler prints every line of Flower's logger a second time.
@@ -20,3 +31,10 @@ def drop_opacus_root_handler() -> None:
 def flower_log(message: str) -> None:
     """A line in Flower's log (``flwr log``, ``flwr run --stream``), at INFO."""
     logging.getLogger("flwr").info(message)
+
+
+def progress_bar(console: Console) -> Progress:
+    """A rich progress bar (done/total, elapsed, ETA) that disappears when done; lines printed through
+    ``bar.console`` stay. Off a terminal rich draws nothing, so logs hold only those lines."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True)

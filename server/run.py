@@ -30,8 +30,10 @@ from common.logs import flower_log
 from common.model import GenomicTransformer
 from common.protocol import MetricsLog, RoundMetrics, Status, json_safe
 from common.tasks import declared_tasks
+from common.tracking import TENSORBOARD_DIR, ScalarLog, central_scalars
 from server.checkpoints import RunCheckpoints
 from server.ops.progress import round_summary
+from server.report import report_baselines, write_report
 from server.strategy import RoundRecord, SpeciesFedAvg
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ class FederationRun:
         self.history: list[RoundMetrics] = []
         self.start_round = 1
         self.central: dict = {}
+        self.scalars: ScalarLog | None = None  # TensorBoard, opened with the first round written
         self._known_nodes: set[int] = set()
         torch.manual_seed(config.seed)
         self.model = GenomicTransformer(config.model, tasks=config.tasks)
@@ -156,12 +159,15 @@ class FederationRun:
                             aggregation=record.aggregation, wall_seconds=seconds)
         self.history.append(line)
         self.metrics.append(line)
+        if self.scalars is None:
+            self.scalars = ScalarLog(self.config.output_dir / TENSORBOARD_DIR)
+        self.scalars.write(server_round, central_scalars(line.central, line.federated, line.epsilon))
+        if server_round:  # the report's tables and plots follow the run; baselines come at the end
+            write_report(self.config.output_dir, self.history, self.config)
         flower_log(Text.from_markup(round_summary(line, self.num_rounds)).plain)  # `flwr log`, `--stream`
         audit_round(self.audit, server_round, record, seconds, self._known_nodes)
 
     def _finish(self) -> None:
-        from server.report import report_baselines, write_report
-
         baseline, dp_baseline = report_baselines(self.history, self.config, self.central)
         final = self.checkpoints.save_final(self.model, self.config, self.num_rounds, self.history,
                                             baselines=(baseline, dp_baseline))
@@ -169,6 +175,8 @@ class FederationRun:
                               dp_baseline=dp_baseline)
         self.audit("run_finished", {"final": str(final), "report": str(report)})
         flower_log(f"{self.config.name}: finished; report {report}, final model {final}")
+        if self.scalars is not None:
+            self.scalars.close()
 
 
 def audit_round(audit: AuditHook, server_round: int, record: RoundRecord, seconds: float,

@@ -39,6 +39,18 @@ def flower_processes_under(path: Path) -> list[str]:
     return found
 
 
+def tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = {}
+    for events in sorted(directory.glob("events.out.tfevents.*")):  # one file per writer (a resume adds one)
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            runs.setdefault(tag, []).extend((e.step, e.value) for e in accumulator.Scalars(tag))
+    return {tag: sorted(values) for tag, values in runs.items()}
+
+
 def read_metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -95,6 +107,15 @@ def test_two_rounds_end_to_end_with_a_resume_that_keeps_round_one(tmp_path, tiny
         assert recorded["epsilon"] == pytest.approx(ledger.epsilon(), rel=1e-9)
     assert checkpoint.state["config"]["name"] == "tiny" and set(checkpoint.state["data"]) == INSTITUTIONS
     assert "| promoter | all | mcc |" in card and "k-mer baseline" in card
+    # TensorBoard (issue 15): the server's scalars (what it may know) under the output directory, each
+    # institution's local-training curves under its own state directory; steps are rounds, resume included
+    server_scalars = tensorboard_scalars(out / "tensorboard")
+    assert [step for step, _ in server_scalars["central/promoter/mcc/all"]] == [0, 1, 2]
+    assert server_scalars["epsilon/oslo-uh"][-1][1] == pytest.approx(last.epsilon["oslo-uh"], rel=1e-6)
+    assert "central/promoter/mcc/human" in server_scalars and not any("loss" in t and "local" in t
+                                                                      for t in server_scalars)
+    local = tensorboard_scalars(out / "state" / "oslo-uh" / "tensorboard")
+    assert [step for step, _ in local["local/loss/promoter"]] == [1, 2] and "local/epsilon" in local
     report = (out / "report.md").read_text()
     assert "| promoter | human | mcc |" in report and "| oslo-uh | human | 2 |" in report
     assert {p.name for p in (out / "plots").iterdir()} >= {"promoter.png", "splice.png", "epsilon.png"}

@@ -21,6 +21,7 @@ from client.privacy.ledger import BudgetExhausted
 from common.checkpoint import PRIVATE_STARTS, checkpoint_privacy, load_checkpoint, save_checkpoint, start_from
 from common.config import ConfigError, PrivacyConfig, TrainingConfig, load_federation, load_institution
 from common.data.cli import run_data_command
+from common.logs import progress_bar
 from common.model import GenomicTransformer, ModelConfig
 from common.protocol import Status
 from common.tasks import get_task
@@ -66,16 +67,19 @@ def train_locally(*, institution_file: Path, out_dir: Path, epochs: int, dp: boo
         start_from(model, init)
     run_id = f"local-train-{time.strftime('%Y%m%dT%H%M%S')}"
     epochs_done = 0
-    for epoch in range(1, epochs + 1):
-        outcome = agent.train(model, run_id=run_id, server_round=epoch, num_rounds=epochs)
-        if outcome.status == Status.REFUSED:
-            console.print(f"[yellow]epoch {epoch}: {outcome.reason}; stopping[/yellow]")
-            if epochs_done == 0:  # nothing trained: write no model that looks like one
-                raise BudgetRefused(f"{institution.name}: {outcome.reason}; nothing trained, no model written")
-            break
-        epochs_done = epoch
-        losses = ", ".join(f"{t} {v:.3f}" for t, v in outcome.losses.items())
-        console.print(f"epoch {epoch}/{epochs}: loss {losses}; epsilon {outcome.epsilon:.3f}")
+    with progress_bar(console) as bar:  # local curves also go to <state_dir>/tensorboard (agent.train)
+        epoch_bar = bar.add_task(f"{institution.name}: local epochs", total=epochs)
+        for epoch in range(1, epochs + 1):
+            outcome = agent.train(model, run_id=run_id, server_round=epoch, num_rounds=epochs)
+            if outcome.status == Status.REFUSED:
+                bar.console.print(f"[yellow]epoch {epoch}: {outcome.reason}; stopping[/yellow]")
+                if epochs_done == 0:  # nothing trained: write no model that looks like one
+                    raise BudgetRefused(f"{institution.name}: {outcome.reason}; nothing trained, no model written")
+                break
+            epochs_done = epoch
+            losses = ", ".join(f"{t} {v:.3f}" for t, v in outcome.losses.items())
+            bar.console.print(f"epoch {epoch}/{epochs}: loss {losses}; epsilon {outcome.epsilon:.3f}")
+            bar.update(epoch_bar, completed=epoch)
     metrics = agent.evaluate(model, split="test")
     private = agent.ledger is not None and init_privacy in (None, *PRIVATE_STARTS)  # privacy.enabled: false too
     result = {"institution": institution.name, "epochs": epochs_done, "dp": private, "epsilon": agent.epsilon(),

@@ -51,6 +51,7 @@ from common.checkpoint import load_model
 from common.data.dataset import GenomicDataset, Record
 from common.data.readers import load_dataset
 from common.evaluation import evaluate
+from common.logs import progress_bar
 from common.metrics import metric_keys
 from common.model import GenomicTransformer
 from common.tasks import get_task
@@ -172,10 +173,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         model, checkpoint = load_model(args.checkpoint)
         tasks = tasks_in_data(args.data, model, args.task)
-        reports = {task: evaluate_task(model, directory=args.data if args.data.is_file()
-                                       else task_directory(args.data, task), task=task,
-                                       split=args.split, baseline=not args.no_baseline,
-                                       batch_size=args.batch_size) for task in tasks}
+        reports = {}
+        with progress_bar(Console(stderr=True)) as bar:  # stderr: --json output stays clean
+            scoring = bar.add_task("evaluating tasks", total=len(tasks))
+            for task in tasks:
+                reports[task] = evaluate_task(model, directory=args.data if args.data.is_file()
+                                              else task_directory(args.data, task), task=task,
+                                              split=args.split, baseline=not args.no_baseline,
+                                              batch_size=args.batch_size)
+                bar.advance(scoring)
     except (ValueError, OSError) as err:
         return _fail("evaluate", err)
     if args.json:

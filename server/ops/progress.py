@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.config import APP_DIR
+from common.logs import progress_bar
 from common.protocol import MetricsLog, RoundMetrics, RunConfigKey, Status
 from common.tasks import get_task
 from server.checkpoints import FINAL_DIR
@@ -25,19 +26,23 @@ class RunFailed(RuntimeError):
 
 def follow_progress(submit: subprocess.Popen, metrics: MetricsLog, total: int, timeout: float
                     ) -> list[RoundMetrics]:
-    """Print each round as it lands in metrics.jsonl until ``flwr run`` returns."""
+    """Print each round as it lands in metrics.jsonl until ``flwr run`` returns, under a progress bar
+    of rounds with its ETA (from the rounds so far)."""
     shown, deadline = 0, time.monotonic() + timeout
-    while True:
-        finished = submit.poll() is not None
-        history = metrics.read()
-        for line in history[shown:]:
-            console.print(round_summary(line, total))
-        shown = len(history)
-        if finished:
-            return history
-        if time.monotonic() > deadline:
-            raise RunFailed(f"no result after {timeout:.0f} s")
-        time.sleep(1.0)
+    with progress_bar(console) as bar:
+        rounds = bar.add_task("federated rounds", total=total)
+        while True:
+            finished = submit.poll() is not None
+            history = metrics.read()
+            for line in history[shown:]:
+                bar.console.print(round_summary(line, total))
+                bar.update(rounds, completed=min(line.round, total))
+            shown = len(history)
+            if finished:
+                return history
+            if time.monotonic() > deadline:
+                raise RunFailed(f"no result after {timeout:.0f} s")
+            time.sleep(1.0)
 
 
 def _headline(task: str, metrics: dict) -> str:

@@ -79,7 +79,7 @@ def server_status(address: str, *, root_certificates: Path | None) -> dict:
 
 
 def add_status_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("status", help="who is connected to a running server, its round, ε per institution")
+    parser = subparsers.add_parser("status", help="who is connected to a running server, its round, epsilon per institution")
     parser.add_argument("--server", "--superlink", dest="server", required=True, metavar="HOST:PORT",
                         help="the server's address (the one institutions connect to)")
     security = parser.add_mutually_exclusive_group(required=True)
