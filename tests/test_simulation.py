@@ -280,6 +280,6 @@ def test_declared_tasks_species_and_own_files_run_end_to_end(tmp_path):
     model, checkpoint = load_model(tmp_path / "run" / "final")
     assert checkpoint.tasks == ("tf_binding", "promoter")
     assert model.heads["tf_binding"].kmers.linear.out_features == 3
-    assert json.loads((tmp_path / "run" / "final" / "checkpoint.json").read_text())["task_declarations"]["tf_binding"][
+    assert json.loads((tmp_path / "run" / "final" / "config.json").read_text())["task_declarations"]["tf_binding"][
         "classes"] == ["unbound", "weak", "strong"]
     assert flower_processes_under(tmp_path / "run") == []

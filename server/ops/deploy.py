@@ -84,6 +84,9 @@ def register_institutions(group: ProcessGroup, config: FederationConfig, audit: 
         output = result.stdout + result.stderr
         if result.returncode != 0 and _KEY_IN_USE not in output:
             raise RunFailed(f"registering {name}'s key failed: {output[-800:]}")
+        if result.returncode != 0:  # registered before our record existed, or unregistered once (never reusable)
+            console.print(f"[yellow]{name}: the SuperLink already knows this key; if {name} cannot connect, its "
+                          f"key was unregistered earlier and it needs a new key pair[/yellow]")
         found = _REGISTERED.search(output)
         record[name] = {"node_id": int(found.group(1)) if found else None, "key_sha256": key_hash}
         atomic_write_text(record_file, json.dumps(record, indent=1) + "\n", mode=0o600)
