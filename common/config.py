@@ -218,10 +218,21 @@ class FederationSection(StrictModel):
     round_timeout_s: float = Field(3600.0, gt=0.0)
 
 
+class CentralDPSection(StrictModel):
+    """Institution-level DP added by the server (server/central_dp.py): every institution's update is
+    clipped to ``clip`` and the aggregate gets Gaussian noise of ``noise_multiplier`` x clip x the
+    largest normalised weight of each parameter group; ε (institution level, at ``delta``) per round."""
+
+    noise_multiplier: float = Field(gt=0.0, le=1000.0)
+    clip: float = Field(gt=0.0)
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+
+
 class AggregationSection(StrictModel):
     mode: Literal["species_balanced", "examples", "uniform"] = "species_balanced"
     species_weights: dict[Species, float] = {}  # lambda_s; species not listed weigh 1
     max_update_norm: float | None = Field(None, gt=0.0)  # reject updates moving further than this
+    central_dp: CentralDPSection | None = None  # institution-level DP at the server (off by default)
 
     @model_validator(mode="after")
     def _positive_weights(self) -> AggregationSection:

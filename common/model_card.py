@@ -33,7 +33,8 @@ def _architecture(model_config: ModelConfig) -> str:
     extras = [f"linear k-mer paths (k = 1..{c.kmer_linear})" if c.kmer_linear else "",
               f"LoRA rank {c.lora_rank}" if c.lora_rank else ""]
     extra = "; ".join(e for e in extras if e)
-    return (f"GenomicTransformer: d_model {c.d_model}, {c.n_layers} layers, {c.n_heads} heads, d_ff {c.d_ff}, "
+    return (f"GenomicTransformer: d_model {c.d_model}, {c.n_layers} layer{'s' * (c.n_layers != 1)}, "
+            f"{c.n_heads} attention heads, d_ff {c.d_ff}, "
             f"max length {c.max_len}{'; ' + extra if extra else ''}")
 
 

@@ -171,6 +171,9 @@ class RoundMetrics:
     institutions: dict[str, InstitutionRound] = field(default_factory=dict)
     aggregation: dict[str, dict[str, float]] = field(default_factory=dict)  # group -> institution -> w
     wall_seconds: float = 0.0
+    # Institution-level DP at the server, when on: noise multiplier, clip, who was clipped, noise std
+    # per group, and the institution-level epsilon/delta after this round (server/central_dp.py).
+    central_dp: dict = field(default_factory=dict)
 
     @property
     def examples(self) -> dict[str, int]:
@@ -192,6 +195,7 @@ class RoundMetrics:
         return json_safe({
             "round": self.round, "central": self.central, "federated": self.federated,
             "institutions": institutions, "aggregation": self.aggregation, "wall_seconds": self.wall_seconds,
+            "central_dp": self.central_dp,
             "examples": self.examples, "epsilon": self.epsilon, "refused": self.with_status(Status.REFUSED),
             "rejected": reasons[Status.REJECTED], "failed": reasons[Status.FAILED]})
 
@@ -201,7 +205,7 @@ class RoundMetrics:
                         for name, info in line.get("institutions", {}).items()}
         return cls(round=int(line["round"]), central=line.get("central", {}), federated=line.get("federated", {}),
                    institutions=institutions, aggregation=line.get("aggregation", {}),
-                   wall_seconds=float(line.get("wall_seconds") or 0.0))
+                   wall_seconds=float(line.get("wall_seconds") or 0.0), central_dp=line.get("central_dp") or {})
 
 
 class MetricsLog:

@@ -56,6 +56,7 @@ class AggregationReport:
 
     weights: dict[str, dict[str, float]] = field(default_factory=dict)  # group -> institution -> weight
     kept: list[str] = field(default_factory=list)  # groups nobody trained: previous value kept
+    averaged: list[str] = field(default_factory=list)  # parameters this round averaged from updates
 
 
 def group_of(name: str) -> str:
@@ -129,6 +130,7 @@ def aggregate(updates: Sequence[Update], previous: Mapping[str, np.ndarray], *,
         for institution, w in weights.items():
             total += w * by_name[institution].weights[name].astype(np.float64)
         result[name] = total.astype(old.dtype)
+        report.averaged.append(name)
     return result, report
 
 

@@ -118,6 +118,14 @@ def privacy_table(history: list[RoundMetrics]) -> list[str]:
     for name, e in sorted(spent.items()):
         lines.append(f"| {name} | {e['species']} | {e['rounds']} | {e['refused']} | {_fmt(e.get('epsilon'))} | "
                      f"{_fmt(e.get('budget'))} | {e.get('delta', '–')} |")
+    central = [line for line in history if line.central_dp]
+    if central:
+        last = central[-1].central_dp
+        lines += ["", f"Institution-level DP at the server (`aggregation.central_dp`, server/central_dp.py): "
+                      f"updates clipped to {last['clip']:g}, noise multiplier {last['noise_multiplier']:g}, "
+                      f"{len(central)} noised rounds: **institution-level ε = {last['epsilon']:.3f} at δ = "
+                      f"{last['delta']:g}** (one institution's whole update; the server, which adds the noise, "
+                      f"is trusted)."]
     return lines
 
 

@@ -97,7 +97,7 @@ class FederationRun:
             log.warning("resume requested but %s holds no checkpoint: starting at round 1", self.config.output_dir)
             return
         checkpoint, self.history = found
-        self.strategy.remember_epsilons(self.history)
+        self.strategy.remember(self.history)
         self.model.load_state_dict(checkpoint.weights, strict=True)
         self.start_round = checkpoint.round + 1
         self.metrics.rewrite(self.history)
@@ -156,7 +156,7 @@ class FederationRun:
     def _record(self, server_round: int, record: RoundRecord, seconds: float) -> None:
         line = RoundMetrics(round=server_round, central=self.central_evaluation(), federated=record.evaluate,
                             institutions={r.institution: r.as_round() for r in record.train},
-                            aggregation=record.aggregation, wall_seconds=seconds)
+                            aggregation=record.aggregation, wall_seconds=seconds, central_dp=record.central_dp)
         self.history.append(line)
         self.metrics.append(line)
         if self.scalars is None:

@@ -24,6 +24,7 @@ from common.config import AggregationSection
 from common.finetuning import head_of
 from common.protocol import InstitutionRound, Status
 from server.aggregation import AggregationError, Update, UpdateRejected, aggregate, validate_update
+from server.central_dp import CentralNoise, add_group_noise, clip_updates, institution_epsilon
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class RoundRecord:
     train: list[InstitutionReport] = field(default_factory=list)
     evaluate: dict[str, dict[str, float]] = field(default_factory=dict)  # federated: task -> metrics
     aggregation: dict[str, dict[str, float]] = field(default_factory=dict)  # group -> institution -> w
+    central_dp: dict = field(default_factory=dict)  # server/central_dp.py CentralNoise.to_json(), when on
 
 
 def _meta(msg: Message) -> tuple[str, str, str, str]:
@@ -96,11 +98,16 @@ class SpeciesFedAvg(FedAvg):
         # Each institution's largest ε reported so far in this run (restored on resume): ε is
         # cumulative, so a smaller one means the ledger was rolled back or edited.
         self.epsilon_seen: dict[str, tuple[float, int]] = {}
+        # Institution-level DP (aggregation.central_dp): rounds noised so far in this run (restored on
+        # resume) and noise from OS entropy, never from the run's seed.
+        self.noised_rounds = 0
+        self._noise = np.random.default_rng()
         self._current_round = 0
 
-    def remember_epsilons(self, history: Iterable) -> None:
-        """Seed :attr:`epsilon_seen` from a resumed run's metrics history."""
+    def remember(self, history: Iterable) -> None:
+        """Seed :attr:`epsilon_seen` and :attr:`noised_rounds` from a resumed run's metrics history."""
         for line in history:
+            self.noised_rounds += bool(line.central_dp)
             for name, info in line.institutions.items():
                 if info.epsilon is not None and info.epsilon > self.epsilon_seen.get(name, (-1.0, 0))[0]:
                     self.epsilon_seen[name] = (info.epsilon, line.round)
@@ -135,9 +142,20 @@ class SpeciesFedAvg(FedAvg):
                                 for r in record.train) or "no replies"
             raise AggregationError(f"round {server_round}: {len(updates)} usable updates, at least "
                                    f"{self.min_train_institutions} needed ({summary})")
+        central = self.aggregation.central_dp
+        if central is not None:
+            updates, clipped = clip_updates(updates, self.global_weights, central.clip)
         weights, agg = aggregate(updates, self.global_weights, mode=self.aggregation.mode,
                                  species_weights=self.aggregation.species_weights)
         record.aggregation = agg.weights
+        if central is not None:
+            stds = add_group_noise(weights, agg, noise_multiplier=central.noise_multiplier, clip=central.clip,
+                                   rng=self._noise)
+            self.noised_rounds += 1
+            epsilon = institution_epsilon(noise_multiplier=central.noise_multiplier, rounds=self.noised_rounds,
+                                          delta=central.delta)
+            record.central_dp = CentralNoise(central.noise_multiplier, central.clip, clipped, stds, epsilon,
+                                             central.delta).to_json()
         arrays = ArrayRecord({k: _to_torch(v) for k, v in weights.items()})
         self.set_global(arrays)
         examples = sum(u.total_examples for u in updates)

@@ -262,7 +262,8 @@ def test_declared_tasks_species_and_own_files_run_end_to_end(tmp_path):
         "model": {"d_model": 32, "n_heads": 4, "n_layers": 1, "d_ff": 64, "max_len": 128, "kmer_linear": 3},
         "training": {"local_epochs": 1, "batch_size": 32, "learning_rate": 0.003},
         "federation": {"rounds": 1, "min_train_institutions": 2, "min_available_institutions": 2},
-        "aggregation": {"mode": "species_balanced", "species_weights": {"rattus_norvegicus": 2.0}},
+        "aggregation": {"mode": "species_balanced", "species_weights": {"rattus_norvegicus": 2.0},
+                        "central_dp": {"noise_multiplier": 0.5, "clip": 50.0}},  # issue 16: institution-level DP
         "central_evaluation": {"baselines": False, "data_dir": str(central)},
         "output_dir": str(tmp_path / "run"), "institutions": institutions,
     }
@@ -282,4 +283,8 @@ def test_declared_tasks_species_and_own_files_run_end_to_end(tmp_path):
     assert model.heads["tf_binding"].kmers.linear.out_features == 3
     assert json.loads((tmp_path / "run" / "final" / "config.json").read_text())["task_declarations"]["tf_binding"][
         "classes"] == ["unbound", "weak", "strong"]
+    from server.central_dp import institution_epsilon  # the server noised the round and says what it cost
+    assert last.central_dp["epsilon"] == pytest.approx(institution_epsilon(noise_multiplier=0.5, rounds=1, delta=1e-5))
+    assert set(last.central_dp["noise_std"]) >= {"<backbone>", "tf_binding"}
+    assert "institution-level ε" in (tmp_path / "run" / "report.md").read_text()
     assert flower_processes_under(tmp_path / "run") == []
