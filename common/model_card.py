@@ -108,6 +108,11 @@ def federation_card(*, name: str, model_config: ModelConfig, tasks: tuple[str, .
                  "(record-level DP per institution, from a start that was DP or public)." if dp else
                  "NOT every update was trained under DP: this model carries no privacy guarantee." if dp is False
                  else "No institution has trained it yet.")
+    central = history[-1].central_dp if history else {}
+    if central:
+        guarantee += (f" On top, the server added institution-level DP (updates clipped to {central['clip']:g}, noise "
+                      f"multiplier {central['noise_multiplier']:g}): ε = {central['epsilon']:.3f} at δ = "
+                      f"{central['delta']:g} for the content of any one institution's updates.")
     baselines_note = ("" if baseline else
                       "Baselines are computed with the final report (`report.md`); this card has none.")
     lines = [*_front_matter(tasks, species), f"# helixfed federation `{name}`: genomic transformer", "",
