@@ -33,8 +33,12 @@ def flower_log(message: str) -> None:
     logging.getLogger("flwr").info(message)
 
 
-def progress_bar(console: Console) -> Progress:
+def progress_bar(console: Console, *, status: bool = False, disable: bool = False) -> Progress:
     """A rich progress bar (done/total, elapsed, ETA) that disappears when done; lines printed through
-    ``bar.console`` stay. Off a terminal rich draws nothing, so logs hold only those lines."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True)
+    ``bar.console`` stay. Off a terminal rich draws nothing, so logs hold only those lines.
+    ``status``: a column showing each task's ``status`` field (``add_task(..., status=...)``)."""
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+    if status:
+        columns.append(TextColumn("{task.fields[status]}"))
+    columns += [TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    return Progress(*columns, console=console, transient=True, disable=disable)

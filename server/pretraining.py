@@ -38,19 +38,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from common.atomic import atomic_write_bytes
 from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from common.data.readers_common import Where, first_bad_base, line_of, require_file, unknown_base_error
 from common.data.readers_fasta import fasta_entries
+from common.logs import progress_bar
 from common.model import GenomicTransformer, ModelConfig
 from common.tokenizer import A_ID, MASK_ID, T_ID, SequenceError, encode
 
@@ -441,12 +434,10 @@ def _train(run: _Run, progress: bool) -> None:
         loss, accuracy = run.evaluate()
         run.history.append({"step": 0, "train_loss": None, "heldout_loss": round(loss, 5),
                             "heldout_accuracy": round(accuracy, 5), "seconds": 0.0})
-    columns = (TextColumn("pre-training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-               TimeElapsedColumn(), TimeRemainingColumn())
     started, losses = time.monotonic(), []
     elapsed = run.history[-1]["seconds"] if run.history else 0.0
-    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
-        job = bar.add_task("pretrain", total=s.steps, completed=run.step, status=_status(run.history))
+    with progress_bar(Console(stderr=True), status=True, disable=not progress) as bar:
+        job = bar.add_task("pre-training", total=s.steps, completed=run.step, status=_status(run.history))
         while run.step < s.steps:
             losses.append(run.train_step())
             if run.step % s.eval_every == 0 or run.step == s.steps:

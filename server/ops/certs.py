@@ -158,46 +158,42 @@ def make_ca(*, common_name: str, days: int) -> tuple[x509.Certificate, ec.Ellipt
     return _validity(builder, days).sign(key, hashes.SHA384()), key
 
 
-def make_server_certificate(identity: ServerIdentity, *, ca_cert: x509.Certificate,
-                            ca_key: ec.EllipticCurvePrivateKey, days: int
-                            ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A TLS server certificate for ``identity``, signed by the CA. The extensions are the ones
-    strict verifiers (Python 3.13's default context, cryptography's verifier) insist on."""
+def _leaf_certificate(common_name: str, usage: x509.ObjectIdentifier, *, ca_cert: x509.Certificate,
+                      ca_key: ec.EllipticCurvePrivateKey, days: int, names: list[x509.GeneralName] | None = None
+                      ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A certificate for one extended key usage, signed by the CA. The extensions are the ones strict
+    verifiers (Python 3.13's default context, cryptography's verifier) insist on."""
     key = ec.generate_private_key(CURVE)
-    names = [*(x509.DNSName(n) for n in identity.dns_names), *(x509.IPAddress(a) for a in identity.ip_addresses)]
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    builder = (x509.CertificateBuilder().subject_name(_name(identity.common_name)).issuer_name(ca_cert.subject)
+    builder = (x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(ca_cert.subject)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
                                             key_encipherment=False, data_encipherment=False,
                                             key_agreement=False, key_cert_sign=False, crl_sign=False,
                                             encipher_only=False, decipher_only=False), critical=True)
-               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-               .add_extension(x509.SubjectAlternativeName(names), critical=False)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+    if names is not None:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    builder = (builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
                               critical=False))
     return _validity(builder, days).sign(ca_key, hashes.SHA384()), key
+
+
+def make_server_certificate(identity: ServerIdentity, *, ca_cert: x509.Certificate,
+                            ca_key: ec.EllipticCurvePrivateKey, days: int
+                            ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A TLS server certificate for ``identity`` (every DNS name and IP address), signed by the CA."""
+    names = [*(x509.DNSName(n) for n in identity.dns_names), *(x509.IPAddress(a) for a in identity.ip_addresses)]
+    return _leaf_certificate(identity.common_name, ExtendedKeyUsageOID.SERVER_AUTH, ca_cert=ca_cert,
+                             ca_key=ca_key, days=days, names=names)
 
 
 def make_client_certificate(name: str, *, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
                             days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A TLS client certificate (client-auth only) for ``name``, signed by the CA."""
-    key = ec.generate_private_key(CURVE)
-    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    builder = (x509.CertificateBuilder().subject_name(_name(name)).issuer_name(ca_cert.subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                            key_encipherment=False, data_encipherment=False,
-                                            key_agreement=False, key_cert_sign=False, crl_sign=False,
-                                            encipher_only=False, decipher_only=False), critical=True)
-               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-                              critical=False))
-    return _validity(builder, days).sign(ca_key, hashes.SHA384()), key
+    return _leaf_certificate(name, ExtendedKeyUsageOID.CLIENT_AUTH, ca_cert=ca_cert, ca_key=ca_key, days=days)
 
 
 def _pem_certificate(certificate: x509.Certificate) -> bytes:
