@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from common.model import ModelConfig
-from common.protocol import RoundMetrics, Status
+from common.protocol import RoundMetrics, institution_summaries
 from common.tasks import get_task
 
 INTENDED_USE = (
@@ -67,16 +67,11 @@ def basic_card(*, model_config: ModelConfig, tasks: tuple[str, ...], round: int,
 def _institution_rows(history: Sequence[RoundMetrics]) -> list[str]:
     rows = ["| institution | species | records per task (last round trained) | rounds trained | ε spent | δ | "
             "budget | accountant |", "|---|---|---|---|---|---|---|---|"]
-    names = sorted({name for line in history for name in line.institutions})
-    for name in names:
-        seen = [line.institutions[name] for line in history if name in line.institutions]
-        trained = [r for r in seen if r.status == Status.TRAINED]
-        last = (trained or seen)[-1]
-        records = ", ".join(f"{task} {n}" for task, n in sorted(last.examples.items())) or "–"
-        epsilon = max((r.epsilon for r in seen if r.epsilon is not None), default=None)
-        rows.append(f"| {name} | {last.species} | {records} | {len(trained)} | "
-                    f"{'–' if epsilon is None else f'{epsilon:.4f}'} | {last.delta if last.delta is not None else '–'} | "
-                    f"{last.budget if last.budget is not None else '–'} | {last.accountant or '–'} |")
+    for name, s in institution_summaries(history).items():
+        records = ", ".join(f"{task} {n}" for task, n in sorted(s.examples.items())) or "–"
+        rows.append(f"| {name} | {s.species} | {records} | {s.rounds_trained} | "
+                    f"{'–' if s.epsilon is None else f'{s.epsilon:.4f}'} | {'–' if s.delta is None else s.delta} | "
+                    f"{'–' if s.budget is None else s.budget} | {s.accountant or '–'} |")
     return rows
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -206,6 +206,37 @@ class RoundMetrics:
         return cls(round=int(line["round"]), central=line.get("central", {}), federated=line.get("federated", {}),
                    institutions=institutions, aggregation=line.get("aggregation", {}),
                    wall_seconds=float(line.get("wall_seconds") or 0.0), central_dp=line.get("central_dp") or {})
+
+
+@dataclass(frozen=True)
+class InstitutionSummary:
+    """One institution over a run, as the server saw it: what the report, the model card and the
+    checkpoints' provenance all state."""
+
+    species: str
+    rounds_trained: int
+    refused: int
+    examples: dict[str, int]  # records per task in the last round it trained
+    epsilon: float | None  # the largest cumulative ε it reported (ε only grows)
+    delta: float | None
+    budget: float | None
+    accountant: str | None
+
+
+def institution_summaries(history: Sequence[RoundMetrics]) -> dict[str, InstitutionSummary]:
+    """Per institution (sorted by name), over every round of ``history``."""
+    summaries = {}
+    for name in sorted({name for line in history for name in line.institutions}):
+        seen = [line.institutions[name] for line in history if name in line.institutions]
+        trained = [r for r in seen if r.status == Status.TRAINED]
+        last = (trained or seen)[-1]
+        reported = [r for r in seen if r.epsilon is not None]
+        spent = max(reported, key=lambda r: r.epsilon) if reported else last
+        summaries[name] = InstitutionSummary(
+            species=last.species, rounds_trained=len(trained), refused=sum(r.status == Status.REFUSED for r in seen),
+            examples=dict(last.examples) if trained else {}, epsilon=spent.epsilon, delta=spent.delta,
+            budget=spent.budget, accountant=spent.accountant)
+    return summaries
 
 
 class MetricsLog:

@@ -13,7 +13,7 @@ from common.checkpoint import PRIVATE_STARTS, Checkpoint, CheckpointError, load_
 from common.config import FederationConfig
 from common.model import GenomicTransformer
 from common.model_card import federation_card
-from common.protocol import RoundMetrics, Status
+from common.protocol import RoundMetrics, Status, institution_summaries
 
 CHECKPOINT_DIR = "checkpoints"
 FINAL_DIR = "final"
@@ -78,14 +78,11 @@ class RunCheckpoints:
         final/), the run config, the privacy provenance with each institution's last reported spend, and
         the data each institution trained on (species, records per task) — nothing the server may not know."""
         privacy = trained_privacy(history, start=self.start_privacy)
-        spent, data = {}, {}
-        for line in history:
-            for name, r in line.institutions.items():
-                if r.epsilon is not None:
-                    spent[name] = {"epsilon": r.epsilon, "delta": r.delta, "budget": r.budget,
-                                   "accountant": r.accountant}
-                if r.status == Status.TRAINED:
-                    data[name] = {"species": r.species, "records": dict(r.examples)}
+        summaries = institution_summaries(history)
+        spent = {name: {"epsilon": s.epsilon, "delta": s.delta, "budget": s.budget, "accountant": s.accountant}
+                 for name, s in summaries.items() if s.epsilon is not None}
+        data = {name: {"species": s.species, "records": s.examples} for name, s in summaries.items()
+                if s.rounds_trained}
         return {"metrics": [line.to_json() for line in metrics], "config": config.model_dump(mode="json"),
                 "privacy": {**privacy, "institutions": spent}, "data": data}
 

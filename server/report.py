@@ -23,7 +23,7 @@ from common.analysis.baselines import run_baseline  # noqa: E402
 from common.analysis.dp_baselines import DPSettings, run_dp_baseline  # noqa: E402
 from common.config import FederationConfig  # noqa: E402
 from common.data.dataset import GenomicDataset  # noqa: E402
-from common.protocol import RoundMetrics, Status  # noqa: E402
+from common.protocol import RoundMetrics, institution_summaries  # noqa: E402
 from common.tasks import get_task  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -105,19 +105,11 @@ def results_table(history: list[RoundMetrics], baseline: dict | None = None, dp_
 
 
 def privacy_table(history: list[RoundMetrics]) -> list[str]:
-    spent: dict[str, dict] = {}
-    for line in history:
-        for name, info in line.institutions.items():
-            entry = spent.setdefault(name, {"species": info.species, "rounds": 0, "refused": 0})
-            entry["rounds"] += info.status == Status.TRAINED
-            entry["refused"] += info.status == Status.REFUSED
-            if info.epsilon is not None:
-                entry.update(epsilon=info.epsilon, budget=info.budget, delta=info.delta)
     lines = ["| institution | species | rounds trained | refused | epsilon spent | budget | delta |",
              "|---|---|---|---|---|---|---|"]
-    for name, e in sorted(spent.items()):
-        lines.append(f"| {name} | {e['species']} | {e['rounds']} | {e['refused']} | {_fmt(e.get('epsilon'))} | "
-                     f"{_fmt(e.get('budget'))} | {e.get('delta', '–')} |")
+    for name, e in institution_summaries(history).items():
+        lines.append(f"| {name} | {e.species} | {e.rounds_trained} | {e.refused} | {_fmt(e.epsilon)} | "
+                     f"{_fmt(e.budget)} | {'–' if e.delta is None else e.delta} |")
     central = [line for line in history if line.central_dp]
     if central:
         last = central[-1].central_dp

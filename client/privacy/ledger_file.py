@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from client.privacy.accounting import ACCOUNTANTS, Segment, as_segment, extend_history, is_int, is_real
-from common.atomic import TEMP_SUFFIX, atomic_write_text
+from common.atomic import TEMP_SUFFIX, atomic_write_text, fsync_directory
 
 LEDGER_FORMAT = "helixfed-privacy-ledger"
 LEDGER_VERSION = 2
@@ -114,14 +114,20 @@ def _serialise(state: LedgerState, key: bytes) -> str:
 # ---------------------------------------------------------------- the key
 
 
-def read_key(path: Path) -> bytes | None:
-    """The ledger key at ``path`` (64 hex digits and a newline); None only when no file exists there."""
+def _read_if_present(path: Path, what: str) -> bytes | None:
     try:
-        text = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as error:
-        raise LedgerError(f"{path}: cannot read the privacy ledger key: {error}") from error
+        raise LedgerError(f"{path}: cannot read the {what}: {error}") from error
+
+
+def read_key(path: Path) -> bytes | None:
+    """The ledger key at ``path`` (64 hex digits and a newline); None only when no file exists there."""
+    text = _read_if_present(path, "privacy ledger key")
+    if text is None:
+        return None
     try:
         key = bytes.fromhex(text.decode("ascii").strip())
     except (UnicodeDecodeError, ValueError):
@@ -144,6 +150,7 @@ def create_key(path: Path) -> bytes:
         os.fsync(fd)
     finally:
         os.close(fd)
+    fsync_directory(path.parent)  # a key kept outside the state dir must survive a power cut too
     return key
 
 
@@ -156,12 +163,9 @@ def read_state(path: Path, key: bytes | None, *, allow_unkeyed: bool = False) ->
     A version-1 (unkeyed) file is accepted only with ``allow_unkeyed`` and no key: where a key exists,
     an unkeyed ledger is a downgrade. A version-2 file without a key cannot be verified and is refused.
     """
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+    raw = _read_if_present(path, "privacy ledger")
+    if raw is None:
         return None
-    except OSError as error:
-        raise LedgerError(f"{path}: cannot read the privacy ledger: {error}") from error
     document = _parse_json(path, raw)
     payload = _verified_payload(path, document, key, allow_unkeyed=allow_unkeyed)
     return _parse_payload(path, payload)
