@@ -9,7 +9,10 @@ logits, so the model starts where the k-mer baseline ends and the backbone learn
 * sequence tasks: k-mer frequencies of lengths 1..k as enrichment over a uniform background
   (``f·4^j − 1``), the DP k-mer baseline's features (``4 + 16 + … + 4^k`` inputs);
 * per-position tasks: a convolution over the one-hot mono- and dinucleotides of a window around
-  each base (a weighted-degree model with k ≤ 2, the DP splice baseline).
+  each base (a weighted-degree model with k ≤ 2, the DP splice baseline);
+* ``model.codon_frames: true`` adds, beside every sequence head, a linear model on the codon usage of
+  each forward reading frame, scored in the best frame (``logsumexp`` over the three): what gene
+  finders read (in-frame codon statistics, stop codons), which plain k-mer counts mix across frames.
 
 Both are computed from the tokens inside ``forward`` (no parameters, nothing to ship) and feed only
 nn.Linear / nn.Conv1d, which Opacus has per-sample gradient samplers for. Their weights start at
@@ -17,6 +20,8 @@ zero, so a fresh path changes nothing until training moves it.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -78,6 +83,41 @@ class SequenceKmerPath(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.linear(kmer_enrichment(tokens, self.k))
+
+
+def frame_codon_usage(tokens: torch.Tensor) -> torch.Tensor:
+    """``tokens [B, L]`` -> ``[B, 3, 64]``: for each forward reading frame f (codons starting at
+    bases f, f+3, …) its codon frequencies as enrichment over uniform (``f·64 − 1``). A codon holding
+    a non-base is counted nowhere, so leading N's or padding shift the frames but lose no codon."""
+    codes = _base_codes(tokens)
+    is_base = codes < N_CODE
+    digit = torch.where(is_base, codes, torch.zeros_like(codes))
+    index = digit[:, :-2] * 16 + digit[:, 1:-1] * 4 + digit[:, 2:]  # the codon starting at each base
+    valid = (is_base[:, :-2] & is_base[:, 1:-1] & is_base[:, 2:]).float()
+    frames = []
+    for frame in range(3):
+        counts = torch.zeros(tokens.shape[0], 64, device=tokens.device)
+        if index.shape[1] > frame:
+            counts.scatter_add_(1, index[:, frame::3], valid[:, frame::3])
+        frames.append(counts / counts.sum(dim=1, keepdim=True).clamp(min=1.0) * 64.0 - 1.0)
+    return torch.stack(frames, dim=1)
+
+
+class FrameCodonPath(nn.Module):
+    """Class logits ``[B, C]`` from in-frame codon usage: one linear model shared by the three
+    frames, its per-class scores combined with ``logsumexp`` over frames (a soft "best frame", since
+    where a window starts in the reading frame is unknown). Records are read on their own strand, as
+    labelled genomic windows are; the reverse strand's frames are not scored. A zero-initialised path
+    adds exactly nothing (``logsumexp`` of three zeros minus ``log 3``)."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.linear = nn.Linear(64, num_classes)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.logsumexp(self.linear(frame_codon_usage(tokens)), dim=1) - math.log(3.0)
 
 
 class WindowKmerPath(nn.Module):

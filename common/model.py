@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from pydantic import ConfigDict
 
 from common.finetuning import add_lora, trainable_names
-from common.kmer_paths import MAX_KMER, SequenceKmerPath, WindowKmerPath
+from common.kmer_paths import MAX_KMER, FrameCodonPath, SequenceKmerPath, WindowKmerPath
 from common.tasks import TASK_NAMES, get_task
 from common.tokenizer import PAD_ID, VOCAB_SIZE
 
@@ -53,6 +53,7 @@ class ModelConfig:
     lora_rank: int = 0  # > 0: low-rank adapters on the blocks' linear layers (training.trainable: lora)
     lora_alpha: float = 16.0  # adapter scale alpha / rank
     kmer_linear: int = 0  # > 0: each head adds a linear model on k-mers of lengths 1..k (common/kmer_paths.py)
+    codon_frames: bool = False  # each sequence head adds a linear model on in-frame codon usage, best frame
 
     # Read by pydantic when this dataclass sits inside a config file's schema: no unknown keys.
     __pydantic_config__ = ConfigDict(extra="forbid")
@@ -83,6 +84,9 @@ class ModelConfig:
                                    f"{self.lora_rank!r}/{self.lora_alpha!r}")
         if not 0 <= self.kmer_linear <= MAX_KMER or isinstance(self.kmer_linear, bool):
             raise ModelConfigError(f"model.kmer_linear: expected 0 (off) or 1..{MAX_KMER}, got {self.kmer_linear!r}")
+        for name in ("codon_phase", "hierarchical", "codon_frames"):
+            if not isinstance(getattr(self, name), bool):
+                raise ModelConfigError(f"model.{name}: expected true or false, got {getattr(self, name)!r}")
         if self.epigenetic_tracks < 0:
             raise ModelConfigError(f"model.epigenetic_tracks: expected >= 0, got {self.epigenetic_tracks!r}")
 
@@ -255,20 +259,24 @@ class CodonMixer(nn.Module):
 
 
 class SequenceHead(nn.Module):
-    """Masked mean over real bases -> MLP -> class logits [B, C]; plus the k-mer path's logits
-    when the model has one (``model.kmer_linear``)."""
+    """Masked mean over real bases -> MLP -> class logits [B, C]; plus the linear paths' logits
+    when the model has them (``model.kmer_linear``, ``model.codon_frames``)."""
 
-    def __init__(self, d_model: int, num_classes: int, dropout: float, kmer_linear: int = 0):
+    def __init__(self, d_model: int, num_classes: int, dropout: float, kmer_linear: int = 0,
+                 codon_frames: bool = False):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(d_model, d_model // 2), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(d_model // 2, num_classes))
         self.kmers = SequenceKmerPath(kmer_linear, num_classes) if kmer_linear else None
+        self.codons = FrameCodonPath(num_classes) if codon_frames else None
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         weights = (tokens != PAD_ID).unsqueeze(-1).to(x.dtype)  # [B, L, 1]
         pooled = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # [B, D]
         logits = self.mlp(pooled)
-        return logits if self.kmers is None else logits + self.kmers(tokens)
+        if self.kmers is not None:
+            logits = logits + self.kmers(tokens)
+        return logits if self.codons is None else logits + self.codons(tokens)
 
 
 class PositionHead(nn.Module):
@@ -306,7 +314,7 @@ class GenomicTransformer(nn.Module):
         spec, cfg = get_task(task), self.config
         if spec.per_position:
             return PositionHead(cfg.d_model, spec.num_classes, cfg.kmer_linear)
-        return SequenceHead(cfg.d_model, spec.num_classes, cfg.dropout, cfg.kmer_linear)
+        return SequenceHead(cfg.d_model, spec.num_classes, cfg.dropout, cfg.kmer_linear, cfg.codon_frames)
 
     def encode(self, tokens: torch.Tensor, tracks: torch.Tensor | None = None) -> torch.Tensor:
         """The backbone alone: ``tokens [B, L]`` -> the final-normed per-base representation

@@ -11,16 +11,17 @@ from common.tokenizer import PAD_ID
 
 OPTIONS = {"plain": {}, "codon_phase": {"codon_phase": True}, "hierarchical": {"hierarchical": True},
            "multimodal": {"epigenetic_tracks": 3}, "motif_stem": {"motif_kernel": 5},
-           "kmer_linear": {"kmer_linear": 3},
+           "linear_paths": {"kmer_linear": 3, "codon_frames": True},
            "all": {"codon_phase": True, "hierarchical": True, "epigenetic_tracks": 2, "motif_kernel": 3,
-                   "kmer_linear": 2}}
+                   "kmer_linear": 2, "codon_frames": True}}
 
 
 def make(tiny_config, **options):
     torch.manual_seed(0)
     model = GenomicTransformer(ModelConfig(**{**tiny_config.to_dict(), **options}))
     for name, p in model.named_parameters():
-        if ".kmers." in name:  # k-mer paths start at zero: give them weight, or the checks below see nothing
+        if ".kmers." in name or ".codons.linear." in name:  # linear paths start at zero: give them weight,
+            # or the checks below see nothing
             torch.nn.init.normal_(p, std=0.1)
     return model
 
