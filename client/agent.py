@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 class TrainOutcome:
     """What an institution reports after a round: weights only when it trained."""
 
-    status: Status  # TRAINED or REFUSED (budget exhausted) — a failure is an exception, not a status
+    status: Status  # TRAINED or REFUSED (budget exhausted); READY from readiness(). A failure is an exception
     epsilon: float  # cumulative epsilon after this round (or now, when refused)
     delta: float
     budget: float
@@ -108,24 +108,44 @@ class InstitutionAgent:
             self._track(server_round, outcome)
             return outcome
         privacy = self.config.privacy
-        try:
-            sigma = self.noise_multiplier(train)
-        except BudgetExhausted as exhausted:  # no sigma lets even one more round fit
-            check = exhausted.check
-        else:
-            check = self.ledger.check_budget(segments=planned_segments(train, self.training, sigma))
+        sigma, check = self._budget(train)
         if not check.allowed:
             log.warning("%s: budget exhausted (epsilon %.3f of %.3f; this round would reach %.3f)",
                         self.config.name, check.current, privacy.epsilon, check.projected)
-            return TrainOutcome(Status.REFUSED, check.current, privacy.delta, privacy.epsilon,
-                                reason=f"budget exhausted: epsilon {check.current:.4f} of {privacy.epsilon:g}, "
-                                       f"next round would reach {check.projected:.4f}")
+            return self._refusal(check)
         result = self._run(model, train, dp=True, sigma=sigma, progress=progress)
         self.ledger.record_round(run_id=run_id, round=server_round, segments=result.segments)
         outcome = self._outcome(Status.TRAINED, result, self.ledger.epsilon(), privacy.delta, privacy.epsilon,
                                 model, sigma)
         self._track(server_round, outcome)
         return outcome
+
+    def _budget(self, train: dict[str, GenomicDataset]):
+        """This round's sigma and the ledger's verdict on spending it (a BudgetCheck)."""
+        try:
+            sigma = self.noise_multiplier(train)
+        except BudgetExhausted as exhausted:  # no sigma lets even one more round fit
+            return 0.0, exhausted.check
+        return sigma, self.ledger.check_budget(segments=planned_segments(train, self.training, sigma))
+
+    def _refusal(self, check) -> TrainOutcome:
+        privacy = self.config.privacy
+        return TrainOutcome(Status.REFUSED, check.current, privacy.delta, privacy.epsilon,
+                            reason=f"budget exhausted: epsilon {check.current:.4f} of {privacy.epsilon:g}, "
+                                   f"next round would reach {check.projected:.4f}")
+
+    def readiness(self) -> TrainOutcome:
+        """Whether this institution would train the next round, and on how many records of each task,
+        without training or spending anything (what a secure round asks first). READY or REFUSED."""
+        train = self.data("train")
+        examples = {task: len(data) for task, data in train.items()}
+        if self.ledger is None:
+            return TrainOutcome(Status.READY, math.inf, 0.0, math.inf, examples=examples)
+        _, check = self._budget(train)
+        if not check.allowed:
+            return self._refusal(check)
+        privacy = self.config.privacy
+        return TrainOutcome(Status.READY, self.ledger.epsilon(), privacy.delta, privacy.epsilon, examples=examples)
 
     def _track(self, step: int, outcome: TrainOutcome) -> None:
         """Local-training curves for this institution's own eyes (never sent): loss per task on its

@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.agent import InstitutionAgent, TrainOutcome
+from client.secure import describe, is_secure_stage, secure_records, secure_stage
 from common import protocol as p
 from common.config import (
     TrainingConfig,
@@ -126,15 +127,34 @@ def keep_failures_local(handler):
     return wrapper
 
 
-@app.train()
-@keep_failures_local
-def train(msg: Message, context: Context) -> Message:
+def train_outcome(msg: Message, context: Context) -> tuple[InstitutionAgent, TrainOutcome]:
     agent = agent_for(context, training_from(msg), msg.content[p.CONFIG].get(p.SIMULATION_PATHS))
     model = model_from(msg, agent)
     config = msg.content[p.CONFIG]
     outcome = agent.train(model, run_id=str(context.run_id), server_round=int(config[p.SERVER_ROUND]),
                           num_rounds=int(config[p.NUM_ROUNDS]) if p.NUM_ROUNDS in config else None)
+    return agent, outcome
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    if is_secure_stage(msg):  # aggregation.secure: one of SecAgg+'s four stages (client/secure.py)
+        return secure_stage(msg, context, lambda inner, ctx: secure_records(*train_outcome(inner, ctx), inner))
+    return plain_train(msg, context)
+
+
+@keep_failures_local
+def plain_train(msg: Message, context: Context) -> Message:
+    agent, outcome = train_outcome(msg, context)
     return Message(encode_outcome(agent, outcome), reply_to=msg)
+
+
+@app.query("describe")
+@keep_failures_local
+def describe_institution(msg: Message, context: Context) -> Message:
+    """A secure round's first question: will this institution train, on how many records."""
+    agent = agent_for(context, training_from(msg), msg.content[p.CONFIG].get(p.SIMULATION_PATHS))
+    return Message(describe(agent), reply_to=msg)
 
 
 @app.evaluate()

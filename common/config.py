@@ -228,11 +228,38 @@ class CentralDPSection(StrictModel):
     delta: float = Field(1e-5, gt=0.0, lt=1.0)
 
 
+class SecureAggregationSection(StrictModel):
+    """Flower's SecAgg+ (server/secure_aggregation.py): the server learns only the weighted sums.
+
+    ``reconstruction_threshold``: the fraction of an institution's key shares needed to unmask (and
+    so the fewest institutions that must stay to the end: below it the round cannot finish);
+    ``clipping_range``: each weighted update entry is quantised within ±this (entries beyond it are
+    clipped, and the institution reports how many); ``on_failure``: a round that falls below the
+    threshold is tried again (``retry``, up to ``retries`` times, then stops), skipped (the model is
+    kept) or stops the run."""
+
+    reconstruction_threshold: float = Field(0.6, gt=0.0, le=1.0)
+    clipping_range: float = Field(2.0, gt=0.0, le=1e6)
+    quantization_range: int = Field(2 ** 22, ge=2 ** 8, le=2 ** 30)
+    timeout_s: float | None = Field(None, gt=0.0)  # per protocol stage; default: federation.round_timeout_s
+    on_failure: Literal["retry", "skip", "stop"] = "retry"
+    retries: int = Field(1, ge=0, le=10)
+
+
 class AggregationSection(StrictModel):
     mode: Literal["species_balanced", "examples", "uniform"] = "species_balanced"
     species_weights: dict[Species, float] = {}  # lambda_s; species not listed weigh 1
     max_update_norm: float | None = Field(None, gt=0.0)  # reject updates moving further than this
     central_dp: CentralDPSection | None = None  # institution-level DP at the server (off by default)
+    # true (default settings) or a SecureAggregationSection: each update reaches the server masked
+    secure: SecureAggregationSection | None = None
+
+    @field_validator("secure", mode="before")
+    @classmethod
+    def _secure_flag(cls, value):
+        if value is True:
+            return {}
+        return None if value is False else value
 
     @model_validator(mode="after")
     def _positive_weights(self) -> AggregationSection:

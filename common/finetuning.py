@@ -73,6 +73,14 @@ def head_of(parameter_name: str) -> str | None:
     return None
 
 
+BACKBONE = "<backbone>"  # the parameter group shared by every task
+
+
+def group_of(parameter_name: str) -> str:
+    """The parameter group averaged as one: a task's head (``heads.<task>.…``), else the backbone."""
+    return head_of(parameter_name) or BACKBONE
+
+
 def is_adapter(parameter_name: str) -> bool:
     """A LoRA adapter's parameter (absent from a model or checkpoint without adapters)."""
     return any(f".{part}." in parameter_name for part in ADAPTER_NAMES)

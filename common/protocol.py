@@ -39,6 +39,16 @@ RUN_NAME = "run-name"
 # the simulated ClientApps from another copy of the code than the ServerApp (the FAB vs an editable
 # install), so paths derived from the code's location would differ; a deployed SuperNode ignores it.
 SIMULATION_PATHS = "simulation-paths"
+# Secure aggregation (common/secure_sum.py): the masked vector's parameter names in order, this
+# institution's weight per parameter group (JSON {group: w}), and the L2 bound it clips its whole
+# update to before weighting and masking (absent: no bound).
+SECURE_LAYOUT = "secure-layout"
+SECURE_WEIGHTS = "secure-weights"
+SECURE_CLIP = "secure-clip"
+SECURE_RANGE = "secure-clipping-range"  # the protocol's quantisation range (entries beyond it are clipped)
+# The query a secure round starts with: each sampled institution says whether it will train this
+# round and how many records of each task (metadata the plain protocol sends with every update).
+DESCRIBE = "query.describe"
 
 # -- meta keys, institution -> server -------------------------------------------------------------
 INSTITUTION = "institution"
@@ -55,6 +65,8 @@ LOSS = "loss"
 BUDGET = "budget"
 REFUSED = "refused"  # 1.0 when the institution refused to train (budget exhausted)
 NOISE_MULTIPLIER = "noise-multiplier"
+UPDATE_CLIPPED = "update-clipped"  # secure rounds: 1.0 when the institution clipped its update to the bound
+RANGE_CLIPPED = "range-clipped"  # secure rounds: weighted entries beyond the quantisation range (clipped)
 
 # -- metric names (snake_case, as each task's ``headline_metric`` in common/tasks.py spells them) ---
 ACCURACY = "accuracy"
@@ -85,6 +97,7 @@ class Status(StrEnum):
     FAILED = "failed"  # an error reply
     EVALUATED = "evaluated"  # a federated-evaluation reply
     DECLINED = "declined"  # the institution does not share evaluation metrics (privacy.share_evaluation)
+    READY = "ready"  # a secure round's describe reply: it can afford the round and will train
 
 
 class RunConfigKey(StrEnum):

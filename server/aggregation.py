@@ -22,10 +22,9 @@ from typing import Literal
 
 import numpy as np
 
-from common.finetuning import head_of
+from common.finetuning import BACKBONE, group_of
 
 AggregationMode = Literal["species_balanced", "examples", "uniform"]
-BACKBONE = "<backbone>"  # the parameter group shared by every task
 
 
 class UpdateRejected(ValueError):
@@ -34,6 +33,15 @@ class UpdateRejected(ValueError):
 
 class AggregationError(RuntimeError):
     """A round that cannot be aggregated (e.g. too few usable updates)."""
+
+
+class SecureRoundIncomplete(AggregationError):
+    """Too few institutions stayed for SecAgg+ to unmask the sum (below the reconstruction threshold),
+    or the sum holds a vector whose metadata failed its checks; ``ready``: who was to take part."""
+
+    def __init__(self, message: str, ready: dict[int, tuple[str, str, dict]]):
+        super().__init__(message)
+        self.ready = ready
 
 
 @dataclass(frozen=True)
@@ -57,11 +65,6 @@ class AggregationReport:
     weights: dict[str, dict[str, float]] = field(default_factory=dict)  # group -> institution -> weight
     kept: list[str] = field(default_factory=list)  # groups nobody trained: previous value kept
     averaged: list[str] = field(default_factory=list)  # parameters this round averaged from updates
-
-
-def group_of(name: str) -> str:
-    """``heads.<task>.…`` belongs to that task's head; everything else to the backbone."""
-    return head_of(name) or BACKBONE
 
 
 def contributor_weights(updates: Sequence[Update], group: str, *, mode: AggregationMode,

@@ -31,9 +31,11 @@ from common.model import GenomicTransformer
 from common.protocol import MetricsLog, RoundMetrics, Status, json_safe
 from common.tasks import declared_tasks
 from common.tracking import TENSORBOARD_DIR, ScalarLog, central_scalars
+from server.aggregation import SecureRoundIncomplete
 from server.checkpoints import RunCheckpoints
 from server.ops.progress import round_summary
 from server.report import report_baselines, write_report
+from server.secure_aggregation import run_secure_round, secure_layout
 from server.strategy import RoundRecord, SpeciesFedAvg
 
 log = logging.getLogger(__name__)
@@ -135,9 +137,12 @@ class FederationRun:
         for server_round in range(self.start_round, self.num_rounds + 1):
             started = time.monotonic()
             self.strategy.set_global(arrays)
-            replies = grid.send_and_receive(self.strategy.configure_train(server_round, arrays, train_config, grid),
-                                            timeout=timeout)
-            arrays, _ = self.strategy.aggregate_train(server_round, replies)
+            if self.config.aggregation.secure is not None:
+                arrays = self._secure_round(grid, server_round, arrays, train_config)
+            else:
+                replies = grid.send_and_receive(self.strategy.configure_train(server_round, arrays, train_config, grid),
+                                                timeout=timeout)
+                arrays, _ = self.strategy.aggregate_train(server_round, replies)
             self.model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
             replies = grid.send_and_receive(
                 self.strategy.configure_evaluate(server_round, arrays, ConfigRecord(dict(train_config)), grid),
@@ -147,6 +152,34 @@ class FederationRun:
             path = self.checkpoints.save_round(self.model, self.config, server_round, self.history)
             self.audit("checkpoint_written", {"round": server_round, "path": str(path)})
         self._finish()
+
+    def _secure_round(self, grid: Grid, server_round: int, arrays: ArrayRecord, train_config: ConfigRecord
+                      ) -> ArrayRecord:
+        """A round through SecAgg+ (server/secure_aggregation.py); one that cannot finish is tried
+        again, skipped (the model kept) or stops the run, as ``aggregation.secure.on_failure`` says."""
+        settings, aggregation = self.config.aggregation.secure, self.config.aggregation
+        clips = [c for c in (aggregation.max_update_norm, aggregation.central_dp and aggregation.central_dp.clip) if c]
+        layout = secure_layout(trainable_names(self.model, mode=self.config.training.trainable, tasks=self.config.tasks),
+                               self.strategy.global_weights)
+        attempts = 1 + (settings.retries if settings.on_failure == "retry" else 0)
+        for attempt in range(1, attempts + 1):
+            self.strategy.rounds[server_round] = RoundRecord()  # a retried round is recorded once, as it ended
+            try:
+                result = run_secure_round(grid, self.strategy, server_round=server_round, arrays=arrays,
+                                          train_config=train_config, settings=settings,
+                                          timeout=settings.timeout_s or self.config.federation.round_timeout_s,
+                                          layout=layout, clip=min(clips) if clips else None)
+                return self.strategy.aggregate_secure(server_round, result)
+            except SecureRoundIncomplete as err:
+                self.audit("secure_round_failed", {"round": server_round, "attempt": attempt, "reason": str(err)})
+                flower_log(f"{err} (attempt {attempt} of {attempts})")
+                if attempt < attempts:
+                    continue
+                if settings.on_failure != "skip":
+                    raise
+                self.strategy.drop_out(server_round, err.ready, f"round skipped: {err}")
+                self.strategy.set_global(arrays)
+        return arrays
 
     def central_evaluation(self) -> dict:
         batch = self.config.central_evaluation.batch_size

@@ -23,7 +23,14 @@ from common import protocol as p
 from common.config import AggregationSection
 from common.finetuning import head_of
 from common.protocol import InstitutionRound, Status
-from server.aggregation import AggregationError, Update, UpdateRejected, aggregate, validate_update
+from server.aggregation import (
+    AggregationError,
+    SecureRoundIncomplete,
+    Update,
+    UpdateRejected,
+    aggregate,
+    validate_update,
+)
 from server.central_dp import CentralNoise, add_group_noise, clip_updates, institution_epsilon
 
 log = logging.getLogger(__name__)
@@ -58,19 +65,6 @@ class RoundRecord:
     evaluate: dict[str, dict[str, float]] = field(default_factory=dict)  # federated: task -> metrics
     aggregation: dict[str, dict[str, float]] = field(default_factory=dict)  # group -> institution -> w
     central_dp: dict = field(default_factory=dict)  # server/central_dp.py CentralNoise.to_json(), when on
-
-
-def _meta(msg: Message) -> tuple[str, str, str, str]:
-    meta = msg.content.get(p.META)
-    if meta is None:
-        return f"node-{msg.metadata.src_node_id}", "unknown", "", ""
-    return (str(meta.get(p.INSTITUTION, f"node-{msg.metadata.src_node_id}")), str(meta.get(p.SPECIES, "unknown")),
-            str(meta.get(p.STATUS, "")), str(meta.get(p.REASON, "")))
-
-
-def _accountant(msg: Message) -> str | None:
-    value = (msg.content.get(p.META) or {}).get(p.ACCOUNTANT)
-    return str(value) if value in ("rdp", "prv") else None
 
 
 def _float(metrics: MetricRecord, key: str) -> float | None:
@@ -149,13 +143,7 @@ class SpeciesFedAvg(FedAvg):
                                  species_weights=self.aggregation.species_weights)
         record.aggregation = agg.weights
         if central is not None:
-            stds = add_group_noise(weights, agg, noise_multiplier=central.noise_multiplier, clip=central.clip,
-                                   rng=self._noise)
-            self.noised_rounds += 1
-            epsilon = institution_epsilon(noise_multiplier=central.noise_multiplier, rounds=self.noised_rounds,
-                                          delta=central.delta)
-            record.central_dp = CentralNoise(central.noise_multiplier, central.clip, clipped, stds, epsilon,
-                                             central.delta).to_json()
+            self._add_central_noise(record, weights, agg, clipped)
         arrays = ArrayRecord({k: _to_torch(v) for k, v in weights.items()})
         self.set_global(arrays)
         examples = sum(u.total_examples for u in updates)
@@ -163,38 +151,128 @@ class SpeciesFedAvg(FedAvg):
 
     def _sort_reply(self, msg: Message) -> tuple[InstitutionReport, Update | None]:
         if msg.has_error():
-            name = f"node-{msg.metadata.src_node_id}"
-            log.warning("round reply from %s failed: %s", name, msg.error.reason)
-            return InstitutionReport(msg.metadata.src_node_id, name, "unknown", Status.FAILED,
-                                     reason=str(msg.error.reason)), None
-        institution, species, status_text, reason = _meta(msg)
-        status = Status(status_text) if status_text in set(Status) else Status.REJECTED
-        metrics = msg.content.get(p.METRICS) or MetricRecord({})
-        per_task = p.unflatten_task_metrics(metrics)
-        report = InstitutionReport(
-            msg.metadata.src_node_id, institution, species, status,
-            examples={t: int(m.get(p.NUM_EXAMPLES, 0)) for t, m in per_task.items()},
-            epsilon=_float(metrics, p.EPSILON), delta=_float(metrics, p.DELTA), budget=_float(metrics, p.BUDGET),
-            loss={t: m[p.LOSS] for t, m in per_task.items() if p.LOSS in m}, reason=reason,
-            accountant=_accountant(msg))
-        if status == Status.FAILED:  # the agent caught its own error; the details stay in its log
-            log.warning("round reply from %s failed: %s", institution, reason)
-            return report, None
-        rolled_back = self._epsilon_went_down(institution, report.epsilon, trained=status == Status.TRAINED)
-        if status == Status.REFUSED and not rolled_back:
-            log.info("%s refused to train: %s", institution, reason)
+            return self._failed(msg), None
+        report, status_text = self._report(msg.metadata.src_node_id, msg.content.get(p.META) or {},
+                                           msg.content.get(p.METRICS) or {})
+        if not self._admissible(report, status_text, expected=Status.TRAINED):
             return report, None
         try:
-            if rolled_back:
-                raise UpdateRejected(rolled_back)
-            if status_text != Status.TRAINED:
-                raise UpdateRejected(f"{institution}: unexpected status {status_text!r}")
             update = self._update_from(msg, report)
         except UpdateRejected as err:
-            log.warning("rejected the update of %s: %s", institution, err)
+            log.warning("rejected the update of %s: %s", report.institution, err)
             report.status, report.reason = Status.REJECTED, str(err)
             return report, None
         return report, update
+
+    @staticmethod
+    def _failed(msg: Message) -> InstitutionReport:
+        name = f"node-{msg.metadata.src_node_id}"
+        log.warning("reply from %s failed: %s", name, msg.error.reason)
+        return InstitutionReport(msg.metadata.src_node_id, name, "unknown", Status.FAILED, reason=str(msg.error.reason))
+
+    @staticmethod
+    def _report(node_id: int, meta, metrics) -> tuple[InstitutionReport, str]:
+        """The report a reply's metadata and numbers make, and the status text it claimed."""
+        institution = str(meta.get(p.INSTITUTION, f"node-{node_id}"))
+        status_text = str(meta.get(p.STATUS, ""))
+        per_task = p.unflatten_task_metrics(metrics)
+        accountant = meta.get(p.ACCOUNTANT)
+        report = InstitutionReport(
+            node_id, institution, str(meta.get(p.SPECIES, "unknown")),
+            Status(status_text) if status_text in set(Status) else Status.REJECTED,
+            examples={t: int(m.get(p.NUM_EXAMPLES, 0)) for t, m in per_task.items()},
+            epsilon=_float(metrics, p.EPSILON), delta=_float(metrics, p.DELTA), budget=_float(metrics, p.BUDGET),
+            loss={t: m[p.LOSS] for t, m in per_task.items() if p.LOSS in m}, reason=str(meta.get(p.REASON, "")),
+            accountant=str(accountant) if accountant in ("rdp", "prv") else None)
+        return report, status_text
+
+    def _admissible(self, report: InstitutionReport, status_text: str, *, expected: Status) -> bool:
+        """Whether a reply may go on to contribute: not failed or refused, its ε not rolled back, and
+        the status ``expected`` (else the report becomes REJECTED, with the reason)."""
+        if report.status == Status.FAILED:  # the agent caught its own error; the details stay in its log
+            log.warning("reply from %s failed: %s", report.institution, report.reason)
+            return False
+        rolled_back = self._epsilon_went_down(report.institution, report.epsilon, trained=report.status == Status.TRAINED)
+        if report.status == Status.REFUSED and not rolled_back:
+            log.info("%s refused to train: %s", report.institution, report.reason)
+            return False
+        reason = rolled_back or ("" if status_text == expected else
+                                 f"{report.institution}: unexpected status {status_text!r}")
+        if reason:
+            log.warning("rejected the update of %s: %s", report.institution, reason)
+            report.status, report.reason = Status.REJECTED, reason
+            return False
+        return True
+
+    # -- secure rounds (server/secure_aggregation.py) ---------------------------------------------
+
+    def sort_descriptions(self, server_round: int, replies: Iterable[Message]) -> dict[int, tuple[str, str, dict]]:
+        """A secure round's describe replies: the ready institutions (node id -> institution, species,
+        records per task); refusals, rejections and failures go into the round record."""
+        record = self.rounds.setdefault(server_round, RoundRecord())
+        self._current_round = server_round
+        ready = {}
+        for msg in replies:
+            if msg.has_error():
+                record.train.append(self._failed(msg))
+                continue
+            report, status_text = self._report(msg.metadata.src_node_id, msg.content.get(p.META) or {},
+                                               msg.content.get(p.METRICS) or {})
+            if self._admissible(report, status_text, expected=Status.READY):
+                if not report.examples or min(report.examples.values()) <= 0:
+                    report.status, report.reason = Status.REJECTED, f"{report.institution}: no per-task record counts"
+                else:
+                    ready[report.node_id] = (report.institution, report.species, report.examples)
+                    continue
+            record.train.append(report)
+        return ready
+
+    def aggregate_secure(self, server_round: int, result) -> ArrayRecord:
+        """The round record and new global weights of a finished secure round (``result``: a SecureSum);
+        institutions that were ready but whose vector is not in the sum dropped out (FAILED).
+
+        Raises:
+            SecureRoundIncomplete: a vector in the sum came with metadata that fails its checks (an ε
+                rolled back, another status): the sum cannot be taken apart, so the round is discarded.
+        """
+        record = self.rounds.setdefault(server_round, RoundRecord())
+        in_sum = set()
+        for node_id, meta, metrics in result.trained:
+            report, status_text = self._report(node_id, meta, metrics)
+            if not self._admissible(report, status_text, expected=Status.TRAINED):
+                raise SecureRoundIncomplete(f"round {server_round}: the secure sum holds the update of "
+                                            f"{report.institution}, which failed its checks ({report.reason}); "
+                                            f"the round's sum is discarded", result.ready)
+            record.train.append(report)
+            in_sum.add(node_id)
+        self.drop_out(server_round, {n: v for n, v in result.ready.items() if n not in in_sum},
+                      "left the secure aggregation protocol")
+        record.aggregation = result.report.weights
+        weights = result.weights
+        central = self.aggregation.central_dp
+        if central is not None:  # each institution clipped its own update to the clip before masking
+            clipped = tuple(meta.get(p.INSTITUTION, "") for _, meta, metrics in result.trained
+                            if metrics.get(p.UPDATE_CLIPPED))
+            self._add_central_noise(record, weights, result.report, clipped)
+        arrays = ArrayRecord({k: _to_torch(v) for k, v in weights.items()})
+        self.set_global(arrays)
+        return arrays
+
+    def drop_out(self, server_round: int, ready: dict[int, tuple[str, str, dict]], reason: str) -> None:
+        """Record ready institutions whose update is in no sum this round as FAILED, with ``reason``."""
+        record = self.rounds.setdefault(server_round, RoundRecord())
+        for node_id, (institution, species, _) in ready.items():
+            record.train.append(InstitutionReport(node_id, institution, species, Status.FAILED, reason=reason))
+
+    def _add_central_noise(self, record: RoundRecord, weights, report, clipped: tuple[str, ...]) -> None:
+        central = self.aggregation.central_dp
+        stds = add_group_noise(weights, report, noise_multiplier=central.noise_multiplier, clip=central.clip,
+                               rng=self._noise)
+        self.noised_rounds += 1
+        epsilon = institution_epsilon(noise_multiplier=central.noise_multiplier, rounds=self.noised_rounds,
+                                      delta=central.delta)
+        record.central_dp = CentralNoise(central.noise_multiplier, central.clip, clipped, stds, epsilon,
+                                         central.delta).to_json()
 
     def _update_from(self, msg: Message, report: InstitutionReport) -> Update:
         arrays = msg.content.get(p.ARRAYS)

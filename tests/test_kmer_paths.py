@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from common.analysis.dp_baselines import enrichment_features
-from common.kmer_paths import (FrameCodonPath, SequenceKmerPath, WindowKmerPath, frame_codon_usage, kmer_enrichment,
-                               kmer_feature_count)
+from common.kmer_paths import (
+    FrameCodonPath,
+    SequenceKmerPath,
+    WindowKmerPath,
+    frame_codon_usage,
+    kmer_enrichment,
+    kmer_feature_count,
+)
 from common.model import GenomicTransformer, ModelConfig
 from common.tokenizer import PAD_ID, encode
 

@@ -1,0 +1,92 @@
+"""The institution's side of a secure round (``aggregation.secure``): Flower's SecAgg+ client mod.
+
+A secure round reaches the ClientApp as five messages: a describe query (will it train, on how many
+records of each task — :func:`describe`), then the four SecAgg+ stages as ``train`` messages. Flower's
+``secaggplus_mod`` answers the key stages itself; at "collect masked vectors" it calls
+:func:`train_for_secure_sum`, which trains as in a plain round and returns the institution's
+weighted update (:mod:`common.secure_sum`) where Flower's legacy ``FitRes`` keeps parameters; the mod
+masks that vector and clears the plaintext from the reply before it leaves. So the server receives
+the masked vector and this round's metadata (status, ε, record counts), never the update itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.client.mod import secaggplus_mod
+from flwr.common import Code, FitRes, ndarrays_to_parameters
+from flwr.common import Status as FlowerStatus
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.compat.common.recorddict_compat import fitres_to_recorddict
+
+from client.agent import InstitutionAgent
+from common import protocol as p
+from common.protocol import Status
+from common.secure_sum import SecureLayout, contribution
+
+log = logging.getLogger(__name__)
+
+# Every institution sends the weight 1 to Flower's protocol (its own weights are inside the vector),
+# so the workflow's weighted mean is the plain mean of the vectors; the server multiplies it back.
+SECURE_WEIGHT = 1
+# Failure codes of an error reply; the reason names only the error type (details stay in the log).
+SECURE_FAILURE = 1
+
+
+def is_secure_stage(msg: Message) -> bool:
+    return RECORD_KEY_CONFIGS in msg.content.config_records
+
+
+def describe(agent: InstitutionAgent) -> RecordDict:
+    """Will this institution train the round, and on how many records of each task."""
+    ready = agent.readiness()
+    numbers = {p.EPSILON: ready.epsilon, p.DELTA: ready.delta, p.BUDGET: ready.budget,
+               **p.flatten_task_metrics({t: {p.NUM_EXAMPLES: n} for t, n in ready.examples.items()})}
+    return RecordDict({p.META: ConfigRecord({p.INSTITUTION: agent.config.name, p.SPECIES: agent.config.species,
+                                             p.STATUS: str(ready.status), p.REASON: ready.reason}),
+                       p.METRICS: MetricRecord(numbers)})
+
+
+def secure_stage(msg: Message, context: Context, train: Callable[[Message, Context], RecordDict]) -> Message:
+    """Run one SecAgg+ stage through Flower's mod. ``train(msg, context)`` returns the plain reply's
+    records with the plaintext vector under ``FitRes``'s keys. Any failure becomes an error reply, which
+    the server's protocol treats as this institution dropping out (its masks are then reconstructed
+    from its neighbours' shares): nothing of the update, and no detail of the error, leaves."""
+    def call_next(inner: Message, ctx: Context) -> Message:
+        return Message(train(inner, ctx), reply_to=inner)
+
+    try:
+        return secaggplus_mod(msg, context, call_next)
+    except Exception as err:
+        log.exception("secure aggregation stage failed; the server is told only the error type")
+        return Message(Error(code=SECURE_FAILURE, reason=f"{type(err).__name__} at the institution"), reply_to=msg)
+
+
+def secure_records(agent: InstitutionAgent, outcome, msg: Message) -> RecordDict:
+    """The reply's records for a trained secure round: the weighted update as ``FitRes`` parameters
+    (masked and cleared by the mod) and the round's metadata, which the server reads from ``FitRes``'s
+    metrics (Flower's workflow passes the server only the FitRes)."""
+    if outcome.status != Status.TRAINED:  # it said READY a moment ago; now it cannot: drop out
+        raise RuntimeError(f"{agent.config.name}: {outcome.status} in a secure round ({outcome.reason})")
+    config = msg.content[p.CONFIG]
+    layout = SecureLayout.from_json(str(config[p.SECURE_LAYOUT]))
+    weights = {str(g): float(w) for g, w in json.loads(str(config[p.SECURE_WEIGHTS])).items()}
+    clip = float(config[p.SECURE_CLIP]) if p.SECURE_CLIP in config else None
+    clipping_range = float(config[p.SECURE_RANGE])
+    reference = {k: v.numpy() for k, v in msg.content[p.ARRAYS].to_torch_state_dict().items()}
+    trained = {k: v.numpy() for k, v in outcome.weights.items()}
+    sent = contribution(trained, reference, weights, layout, clip=clip, clipping_range=clipping_range)
+    metrics = {p.NUM_EXAMPLES: sum(outcome.examples.values()), p.EPSILON: outcome.epsilon, p.DELTA: outcome.delta,
+               p.BUDGET: outcome.budget, p.NOISE_MULTIPLIER: outcome.noise_multiplier,
+               p.UPDATE_CLIPPED: float(sent.clipped), p.RANGE_CLIPPED: float(sent.range_clipped),
+               **p.flatten_task_metrics({t: {p.NUM_EXAMPLES: n} for t, n in outcome.examples.items()})}
+    meta = {p.INSTITUTION: agent.config.name, p.SPECIES: agent.config.species, p.STATUS: str(outcome.status),
+            p.REASON: outcome.reason, **({p.ACCOUNTANT: agent.ledger.accountant} if agent.ledger else {})}
+    fitres = FitRes(status=FlowerStatus(code=Code.OK, message=""),
+                    parameters=ndarrays_to_parameters([np.asarray(v, dtype=np.float64) for v in sent.vector]),
+                    num_examples=SECURE_WEIGHT, metrics={p.META: json.dumps(meta), p.METRICS: json.dumps(metrics)})
+    return fitres_to_recorddict(fitres, keep_input=False)

@@ -1,0 +1,245 @@
+"""Secure aggregation (aggregation.secure): Flower's SecAgg+ between the real ClientApp and the real
+server driver, over a Grid that delivers messages in this process so every reply can be inspected
+and an institution can die at any stage of the protocol.
+
+Training is replaced by prepared updates here (the property under test is what the server can see and
+compute); the simulation test in test_simulation.py trains for real through Flower's engine."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common import bytes_to_ndarray
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.serverapp import Grid
+
+from client import app as client_app
+from client.agent import InstitutionAgent, TrainOutcome
+from common import protocol as p
+from common.config import AggregationSection, SecureAggregationSection, TrainingConfig
+from common.data.writers import write_split_tables
+from common.finetuning import group_of, trainable_names
+from common.model import GenomicTransformer, ModelConfig
+from common.protocol import Status
+from common.synthetic.generator import generate
+from server.aggregation import SecureRoundIncomplete, Update, aggregate
+from server.secure_aggregation import run_secure_round, secure_layout
+from server.strategy import SpeciesFedAvg
+
+MODEL = ModelConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, dropout=0.0, max_len=192, kmer_linear=2)
+TASKS = ("promoter", "coding", "enhancer")
+# name, species, tasks: two institutions share a species; heads are trained by different subsets
+# (enhancer by nobody: it keeps its value)
+SITES = [("oslo-uh", "human", ["promoter", "coding"]), ("st-olavs", "human", ["promoter"]),
+         ("jackson-lab", "mouse", ["promoter", "coding"]), ("yeast-centre", "yeast", ["coding"])]
+NODES = {name: 100 + i for i, (name, _, _) in enumerate(SITES)}
+SETTINGS = SecureAggregationSection(reconstruction_threshold=0.5, clipping_range=1.0)
+STAGES = (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS, Stage.UNMASK)
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    yield
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+
+
+@pytest.fixture(scope="module")
+def institutions(tmp_path_factory):
+    root = tmp_path_factory.mktemp("secure")
+    files = {}
+    for i, (name, species, tasks) in enumerate(SITES):
+        for j, task in enumerate(tasks):
+            records = generate(task=task, species=species, n=20 + 10 * i + 5 * j, seed=10 * i + j, length=170 if task == "promoter" else 120).records
+            write_split_tables(root / name / "data" / task, {"train": records[:-4], "val": records[-4:-2],
+                                                            "test": records[-2:]})
+        files[name] = root / f"{name}.yaml"
+        files[name].write_text(yaml.safe_dump({
+            "name": name, "species": species, "tasks": tasks, "data_dir": f"{name}/data", "state_dir": f"{name}/state",
+            "device": "cpu", "privacy": {"epsilon": 50.0, "delta": 1e-3, "noise_multiplier": 1.0}}))
+    return files
+
+
+def prepared_update(name: str, model: GenomicTransformer, tasks) -> dict[str, torch.Tensor]:
+    """What this institution's training would send: its trained tensors, moved by a known amount."""
+    generator = torch.Generator().manual_seed(sum(map(ord, name)))
+    names = trainable_names(model, mode="all", tasks=tasks)
+    return {k: (v + 0.05 * torch.randn(v.shape, generator=generator)).contiguous()
+            for k, v in model.state_dict().items() if k in names}
+
+
+@pytest.fixture
+def prepared_training(monkeypatch):
+    """InstitutionAgent.train returns the prepared update (and charges nothing)."""
+    def train(self, model, *, run_id, server_round, num_rounds=None):
+        examples = {t: len(d) for t, d in self.data("train").items()}
+        return TrainOutcome(Status.TRAINED, 1.0 + server_round, 1e-3, 50.0, examples=examples,
+                            weights=prepared_update(self.config.name, model, examples))
+
+    monkeypatch.setattr(InstitutionAgent, "train", train)
+    client_app._AGENTS.clear()
+    yield
+    client_app._AGENTS.clear()
+
+
+class InProcessGrid(Grid):
+    """Flower's Grid contract, delivering each message to the real ClientApp in this process. A node
+    in ``dies_at`` answers nothing from that SecAgg+ stage on (as a killed institution: no reply)."""
+
+    def __init__(self, files, dies_at: dict[str, str] | None = None):
+        self.contexts = {NODES[n]: Context(run_id=1, node_id=NODES[n], node_config={"institution": str(f)},
+                                           state=RecordDict(), run_config={}) for n, f in files.items()}
+        self.dead_from = {NODES[n]: STAGES.index(stage) for n, stage in (dies_at or {}).items()}
+        self.replies: list[Message] = []
+
+    def _stage(self, msg: Message) -> int:
+        configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+        return STAGES.index(configs[Key.STAGE]) if configs else -1  # -1: the describe query
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            if node in self.dead_from and self._stage(msg) >= self.dead_from[node]:
+                continue
+            # each side gets its own copy, as over the wire (the mod pops keys from what it receives)
+            reply = copy.deepcopy(client_app.app(copy.deepcopy(msg), self.contexts[node]))
+            self.replies.append(reply)
+            replies.append(reply)
+        return replies
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    @property
+    def run(self):
+        raise NotImplementedError("not used by a secure round")
+
+    def set_run(self, run_id):
+        raise NotImplementedError("not used by a secure round")
+
+    def create_message(self, *args, **kwargs):
+        raise NotImplementedError("not used by a secure round")
+
+    def push_messages(self, messages):
+        raise NotImplementedError("not used by a secure round")
+
+    def pull_messages(self, message_ids):
+        raise NotImplementedError("not used by a secure round")
+
+
+def secure_round(grid, *, settings=SETTINGS, clip=None, mode="species_balanced"):
+    torch.manual_seed(0)
+    model = GenomicTransformer(MODEL, tasks=TASKS)
+    arrays = ArrayRecord(model.state_dict())
+    strategy = SpeciesFedAvg(aggregation=AggregationSection(mode=mode), min_train_institutions=2,
+                             min_available_nodes=len(grid.contexts))
+    strategy.set_global(arrays)
+    config = ConfigRecord({p.MODEL_CONFIG: json.dumps(MODEL.to_dict()), p.TASKS: json.dumps(list(TASKS)),
+                           p.TRAINING: TrainingConfig().model_dump_json(), p.NUM_ROUNDS: 1})
+    layout = secure_layout(trainable_names(model, mode="all", tasks=TASKS), strategy.global_weights)
+    result = run_secure_round(grid, strategy, server_round=1, arrays=arrays, train_config=config, settings=settings,
+                              timeout=30, layout=layout, clip=clip)
+    new = strategy.aggregate_secure(1, result)
+    return model, strategy, {k: v.numpy() for k, v in new.to_torch_state_dict().items()}
+
+
+def expected_aggregate(model, institutions_dir, names, mode="species_balanced"):
+    from common.data.readers import load_dataset
+
+    previous = {k: v.numpy() for k, v in model.state_dict().items()}
+    updates = []
+    for name, species, tasks in SITES:
+        if name not in names:
+            continue
+        examples = {t: len(load_dataset(institutions_dir / name / "data" / t, task=t, split="train")) for t in tasks}
+        weights = {k: v.numpy() for k, v in prepared_update(name, model, tasks).items()}
+        updates.append(Update(name, species, weights, examples))
+    return aggregate(updates, previous, mode=mode)
+
+
+STEP = 2 * SETTINGS.clipping_range / SETTINGS.quantization_range  # one quantisation level
+
+
+@pytest.mark.parametrize("mode", ["species_balanced", "examples"])
+def test_the_secure_aggregate_equals_the_plaintext_one_and_no_reply_holds_an_update(institutions, prepared_training,
+                                                                                    mode):
+    grid = InProcessGrid(institutions)
+    model, strategy, secure = secure_round(grid, mode=mode)
+    expected, report = expected_aggregate(model, next(iter(institutions.values())).parent, set(NODES), mode=mode)
+    assert strategy.rounds[1].aggregation.keys() == report.weights.keys()
+    for group, weights in report.weights.items():
+        assert strategy.rounds[1].aggregation[group] == pytest.approx(weights)
+    for name, value in expected.items():
+        np.testing.assert_allclose(secure[name], value, atol=8 * STEP, rtol=0, err_msg=name)
+    moved = [n for n in expected if not np.array_equal(expected[n], model.state_dict()[n].numpy())]
+    assert any(n.startswith("heads.coding.") for n in moved) and not any(n.startswith("heads.enhancer.") for n in moved)
+    assert {r.institution: r.status for r in strategy.rounds[1].train} == {n: Status.TRAINED for n in NODES}
+
+    # Every reply the server received: no array record with content, and what the masked vectors hold
+    # is not the quantised plaintext (which lies below 2^22 levels): masks spread it over [0, 2^32).
+    masked_replies = 0
+    for reply in grid.replies:
+        assert all(len(record) == 0 for record in reply.content.array_records.values())
+        configs = reply.content.config_records.get(RECORD_KEY_CONFIGS, {})
+        if Key.MASKED_PARAMETERS in configs:
+            masked_replies += 1
+            entries = np.concatenate([bytes_to_ndarray(b).ravel() for b in configs[Key.MASKED_PARAMETERS]])
+            assert entries.size > 1_000 and np.mean(entries >= 2 ** 23) > 0.99
+    assert masked_replies == len(NODES)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_an_institution_dying_at_any_stage_does_not_stop_the_round(institutions, prepared_training, stage):
+    grid = InProcessGrid(institutions, dies_at={"st-olavs": stage})
+    model, strategy, secure = secure_round(grid)
+    statuses = {r.institution: r.status for r in strategy.rounds[1].train}
+    # past the collect stage its masked vector is in the sum (its own mask is recovered from its shares)
+    in_sum = set(NODES) - ({"st-olavs"} if STAGES.index(stage) <= 2 else set())
+    assert statuses == {n: Status.TRAINED if n in in_sum else Status.FAILED for n in NODES}
+    data = next(iter(institutions.values())).parent
+    if stage == Stage.COLLECT_MASKED_VECTORS:
+        # it had its weights and died training: the others' weights are renormalised by their sum
+        _, planned = expected_aggregate(model, data, set(NODES))
+        expected = renormalised(model, planned.weights, in_sum)
+    else:  # before training, the weights are shared out among those left, as in a plain round
+        expected, _ = expected_aggregate(model, data, in_sum)
+    for name, value in expected.items():
+        np.testing.assert_allclose(secure[name], value, atol=8 * STEP, rtol=0, err_msg=name)
+
+
+def renormalised(model, weights, stayed):
+    previous = {k: v.numpy().astype(np.float64) for k, v in model.state_dict().items()}
+    updates = {name: prepared_update(name, model, tasks) for name, _, tasks in SITES if name in stayed}
+    result = {k: v.copy() for k, v in previous.items()}
+    for key in previous:
+        group = weights[group_of(key)]
+        total = sum(w for i, w in group.items() if i in stayed and key in updates[i])
+        if total:
+            result[key] = previous[key] + sum(w * (updates[i][key].numpy() - previous[key])
+                                              for i, w in group.items() if i in stayed and key in updates[i]) / total
+    return result
+
+
+def test_below_the_reconstruction_threshold_the_round_is_an_error(institutions, prepared_training):
+    settings = SETTINGS.model_copy(update={"reconstruction_threshold": 1.0})
+    grid = InProcessGrid(institutions, dies_at={"st-olavs": Stage.COLLECT_MASKED_VECTORS})
+    with pytest.raises(SecureRoundIncomplete, match="reconstruction threshold"):
+        secure_round(grid, settings=settings)
+
+
+def test_each_institution_bounds_its_own_update_before_masking(institutions, prepared_training):
+    grid = InProcessGrid(institutions)
+    model, strategy, secure = secure_round(grid, clip=0.01)
+    before = {k: v.numpy() for k, v in model.state_dict().items()}
+    backbone = [k for k in before if not k.startswith("heads.")]
+    moved = np.sqrt(sum(float(np.sum((secure[k] - before[k]) ** 2)) for k in backbone))
+    assert 0 < moved <= 0.01 + 1e-3  # a weighted mean of updates each of norm <= 0.01
