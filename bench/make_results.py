@@ -7,7 +7,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = ("dp_recipe", "dp_study", "model_step", "dp_overhead", "privacy_audit", "serve_latency", "privacy_utility",
-         "species_weighting", "scale", "deploy_overhead", "central_dp", "gpu")
+         "species_weighting", "scale", "deploy_overhead", "central_dp", "secure_aggregation", "gpu")
 TITLES = {"dp_recipe": "Is the model worth federating? Baselines, DP baselines, centralized, federated (issue 12)",
           "dp_study": "DP recipe study: clipping bias, recipes under noise (issue 12.1)",
           "model_step": "DP vs non-DP training step (issue 2)", "dp_overhead": "DP cost through the trainer, FLOP/s (issues 4, 8.3)",
@@ -15,7 +15,8 @@ TITLES = {"dp_recipe": "Is the model worth federating? Baselines, DP baselines, 
           "serve_latency": "Evaluation service latency (issue 7)", "privacy_utility": "Privacy vs utility (issue 8.1)",
           "species_weighting": "Species weighting (issue 8.2)", "scale": "Scale and aggregation throughput (issue 8.4)",
           "deploy_overhead": "Deployment vs simulation round overhead (issue 6)",
-          "central_dp": "Institution-level DP at the server: utility (issue 16.2)", "gpu": "GPU (issue 8.6)"}
+          "central_dp": "Institution-level DP at the server: utility (issue 16.2)",
+          "secure_aggregation": "Secure aggregation: the cost of a round (issue 16.1)", "gpu": "GPU (issue 8.6)"}
 # Where a record lives when it is not bench/results/<name>.md.
 SOURCES = {"dp_study": HERE / "dp_study" / "README.md"}
 INTRO = """# Benchmark results

@@ -323,6 +323,9 @@ class FederationConfig(StrictModel):
     def _institutions_fit_the_federation(self) -> FederationConfig:
         if self.training.trainable == "lora" and not self.model.lora_rank:
             raise ValueError("training.trainable: lora needs model.lora_rank > 0 (the adapters' rank)")
+        if self.aggregation.secure is not None and self.federation.min_train_institutions < 2:
+            raise ValueError("aggregation.secure needs federation.min_train_institutions >= 2: a sum of one "
+                             "update is that update")
         _declare(self.task_declarations, self.tasks, where="")
         for institution in self.institutions:
             for name, declaration in institution.task_declarations.items():

@@ -1,23 +1,22 @@
 """Secure aggregation (aggregation.secure): Flower's SecAgg+ between the real ClientApp and the real
-server driver, over a Grid that delivers messages in this process so every reply can be inspected
-and an institution can die at any stage of the protocol.
+server driver, over a grid that delivers messages in this process (server/ops/local_grid.py) so every
+reply can be inspected and an institution can die at any stage of the protocol.
 
 Training is replaced by prepared updates here (the property under test is what the server can see and
 compute); the simulation test in test_simulation.py trains for real through Flower's engine."""
 
 from __future__ import annotations
 
-import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
-from flwr.serverapp import Grid
 
 from client import app as client_app
 from client.agent import InstitutionAgent, TrainOutcome
@@ -29,9 +28,11 @@ from common.model import GenomicTransformer, ModelConfig
 from common.protocol import Status
 from common.synthetic.generator import generate
 from server.aggregation import SecureRoundIncomplete, Update, aggregate
+from server.ops.local_grid import LocalGrid
 from server.secure_aggregation import run_secure_round, secure_layout
 from server.strategy import SpeciesFedAvg
 
+ROOT = Path(__file__).resolve().parents[1]
 MODEL = ModelConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, dropout=0.0, max_len=192, kmer_linear=2)
 TASKS = ("promoter", "coding", "enhancer")
 # name, species, tasks: two institutions share a species; heads are trained by different subsets
@@ -90,50 +91,17 @@ def prepared_training(monkeypatch):
     client_app._AGENTS.clear()
 
 
-class InProcessGrid(Grid):
-    """Flower's Grid contract, delivering each message to the real ClientApp in this process. A node
-    in ``dies_at`` answers nothing from that SecAgg+ stage on (as a killed institution: no reply)."""
+def local_grid(files, dies_at: dict[str, str] | None = None) -> LocalGrid:
+    """The real ClientApp behind a local grid; an institution in ``dies_at`` answers nothing from that
+    SecAgg+ stage on (as a killed one: no reply)."""
+    dead_from = {NODES[n]: STAGES.index(stage) for n, stage in (dies_at or {}).items()}
 
-    def __init__(self, files, dies_at: dict[str, str] | None = None):
-        self.contexts = {NODES[n]: Context(run_id=1, node_id=NODES[n], node_config={"institution": str(f)},
-                                           state=RecordDict(), run_config={}) for n, f in files.items()}
-        self.dead_from = {NODES[n]: STAGES.index(stage) for n, stage in (dies_at or {}).items()}
-        self.replies: list[Message] = []
-
-    def _stage(self, msg: Message) -> int:
+    def stage(msg: Message) -> int:
         configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
         return STAGES.index(configs[Key.STAGE]) if configs else -1  # -1: the describe query
 
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = []
-        for msg in messages:
-            node = msg.metadata.dst_node_id
-            if node in self.dead_from and self._stage(msg) >= self.dead_from[node]:
-                continue
-            # each side gets its own copy, as over the wire (the mod pops keys from what it receives)
-            reply = copy.deepcopy(client_app.app(copy.deepcopy(msg), self.contexts[node]))
-            self.replies.append(reply)
-            replies.append(reply)
-        return replies
-
-    def get_node_ids(self):
-        return list(self.contexts)
-
-    @property
-    def run(self):
-        raise NotImplementedError("not used by a secure round")
-
-    def set_run(self, run_id):
-        raise NotImplementedError("not used by a secure round")
-
-    def create_message(self, *args, **kwargs):
-        raise NotImplementedError("not used by a secure round")
-
-    def push_messages(self, messages):
-        raise NotImplementedError("not used by a secure round")
-
-    def pull_messages(self, message_ids):
-        raise NotImplementedError("not used by a secure round")
+    return LocalGrid(client_app.app, {NODES[n]: {"institution": str(f)} for n, f in files.items()},
+                     answers=lambda node, msg: node not in dead_from or stage(msg) < dead_from[node])
 
 
 def secure_round(grid, *, settings=SETTINGS, clip=None, mode="species_balanced"):
@@ -172,7 +140,7 @@ STEP = 2 * SETTINGS.clipping_range / SETTINGS.quantization_range  # one quantisa
 @pytest.mark.parametrize("mode", ["species_balanced", "examples"])
 def test_the_secure_aggregate_equals_the_plaintext_one_and_no_reply_holds_an_update(institutions, prepared_training,
                                                                                     mode):
-    grid = InProcessGrid(institutions)
+    grid = local_grid(institutions)
     model, strategy, secure = secure_round(grid, mode=mode)
     expected, report = expected_aggregate(model, next(iter(institutions.values())).parent, set(NODES), mode=mode)
     assert strategy.rounds[1].aggregation.keys() == report.weights.keys()
@@ -199,7 +167,7 @@ def test_the_secure_aggregate_equals_the_plaintext_one_and_no_reply_holds_an_upd
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_an_institution_dying_at_any_stage_does_not_stop_the_round(institutions, prepared_training, stage):
-    grid = InProcessGrid(institutions, dies_at={"st-olavs": stage})
+    grid = local_grid(institutions, dies_at={"st-olavs": stage})
     model, strategy, secure = secure_round(grid)
     statuses = {r.institution: r.status for r in strategy.rounds[1].train}
     # past the collect stage its masked vector is in the sum (its own mask is recovered from its shares)
@@ -231,15 +199,36 @@ def renormalised(model, weights, stayed):
 
 def test_below_the_reconstruction_threshold_the_round_is_an_error(institutions, prepared_training):
     settings = SETTINGS.model_copy(update={"reconstruction_threshold": 1.0})
-    grid = InProcessGrid(institutions, dies_at={"st-olavs": Stage.COLLECT_MASKED_VECTORS})
+    grid = local_grid(institutions, dies_at={"st-olavs": Stage.COLLECT_MASKED_VECTORS})
     with pytest.raises(SecureRoundIncomplete, match="reconstruction threshold"):
         secure_round(grid, settings=settings)
 
 
 def test_each_institution_bounds_its_own_update_before_masking(institutions, prepared_training):
-    grid = InProcessGrid(institutions)
+    grid = local_grid(institutions)
     model, strategy, secure = secure_round(grid, clip=0.01)
     before = {k: v.numpy() for k, v in model.state_dict().items()}
     backbone = [k for k in before if not k.startswith("heads.")]
     moved = np.sqrt(sum(float(np.sum((secure[k] - before[k]) ** 2)) for k in backbone))
     assert 0 < moved <= 0.01 + 1e-3  # a weighted mean of updates each of norm <= 0.01
+
+
+@pytest.mark.parametrize("value, expected", [(True, SecureAggregationSection()), (False, None),
+                                             ({"on_failure": "skip"}, SecureAggregationSection(on_failure="skip"))])
+def test_the_secure_setting_reads_as_a_flag_or_a_section(value, expected):
+    assert AggregationSection(secure=value).secure == expected
+
+
+def test_bad_secure_settings_are_named(tmp_path):
+    from common.config import ConfigError, load_federation
+
+    base = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    for change, message in [({"aggregation": {"secure": {"reconstruction_threshold": 1.5}}}, "reconstruction_threshold"),
+                            ({"aggregation": {"secure": {"on_failure": "ignore"}}}, "on_failure"),
+                            ({"aggregation": {"secure": True}, "federation": {**base["federation"],
+                                                                              "min_train_institutions": 1}},
+                             "min_train_institutions >= 2")]:
+        path = tmp_path / "federation.yaml"
+        path.write_text(yaml.safe_dump({**base, **change}))
+        with pytest.raises(ConfigError, match=message):
+            load_federation(path)

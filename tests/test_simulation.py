@@ -124,6 +124,43 @@ def test_two_rounds_end_to_end_with_a_resume_that_keeps_round_one(tmp_path, tiny
     assert flower_processes_under(out) == []
 
 
+def test_a_secure_round_through_flowers_simulation_engine(tmp_path, tiny_data):
+    """Issue 16: aggregation.secure runs SecAgg+ between the simulated institutions and the ServerApp,
+    with institution-level DP noise on the unmasked sum; every institution trains once, its ledger is
+    what the server reports, and the model moves."""
+    import yaml
+
+    config = yaml.safe_load(TINY.read_text())
+    config["aggregation"]["secure"] = {"reconstruction_threshold": 0.6, "timeout_s": 300}
+    config["aggregation"]["central_dp"] = {"noise_multiplier": 0.5, "clip": 50.0}  # clipped by each institution
+    config["output_dir"] = str(prepared_out(tmp_path, tiny_data))
+    config_file = tmp_path / "secure.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+    history = simulate(config_file, out_dir=out, rounds=1, timeout=500)
+
+    assert [line.round for line in history] == [0, 1]
+    last = history[-1]
+    assert {n: r.status for n, r in last.institutions.items()} == {n: "trained" for n in INSTITUTIONS}
+    for name in INSTITUTIONS:
+        ledger = PrivacyLedger.load(out / "state" / name)
+        assert [r.round for r in ledger.rounds] == [1] and last.epsilon[name] == pytest.approx(ledger.epsilon())
+    assert last.aggregation["<backbone>"] and sum(last.aggregation["<backbone>"].values()) == pytest.approx(1.0)
+    assert last.central_dp["epsilon"] > 0 and set(last.central_dp["noise_std"]) >= {"<backbone>", "promoter"}
+    import torch
+
+    from common.model import ModelConfig
+
+    model, _ = load_model(out / "final")
+    torch.manual_seed(config["seed"])  # the ServerApp's initial model
+    start = GenomicTransformer(ModelConfig.from_dict(config["model"]), tasks=tuple(config["tasks"])).state_dict()
+    moved = [k for k, v in model.state_dict().items() if not torch.equal(v, start[k])]
+    assert "embedding.tokens.weight" in moved and any(k.startswith("heads.coding.") for k in moved)
+    events = [json.loads(line)["event"] for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert events.count("trained") == 3 and "secure_round_failed" not in events
+    assert flower_processes_under(out) == []
+
+
 def test_flwr_run_dot_as_a_flower_user_types_it(tmp_path, tiny_data):
     """Issue 15: with a fresh FLWR_HOME, `flwr run .` and nothing else runs the app's default
     federation on Flower's default local simulation (2 SuperNodes), generating its data; server and
