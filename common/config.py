@@ -232,13 +232,16 @@ class SecureAggregationSection(StrictModel):
     """Flower's SecAgg+ (server/secure_aggregation.py): the server learns only the weighted sums.
 
     ``reconstruction_threshold``: the fraction of an institution's key shares needed to unmask (and
-    so the fewest institutions that must stay to the end: below it the round cannot finish);
+    so the fewest of its neighbours that must stay to the end: below it the round cannot finish);
     ``clipping_range``: each weighted update entry is quantised within ±this (entries beyond it are
     clipped, and the institution reports how many); ``on_failure``: a round that falls below the
     threshold is tried again (``retry``, up to ``retries`` times, then stops), skipped (the model is
     kept) or stops the run."""
 
     reconstruction_threshold: float = Field(0.6, gt=0.0, le=1.0)
+    # the fraction of the round's institutions each one shares its keys with (SecAgg+'s neighbourhood;
+    # 1.0: everyone, as SecAgg). Fewer cost less with many institutions, and tolerate fewer dropouts.
+    neighbours: float = Field(1.0, gt=0.0, le=1.0)
     clipping_range: float = Field(2.0, gt=0.0, le=1e6)
     quantization_range: int = Field(2 ** 22, ge=2 ** 8, le=2 ** 30)
     timeout_s: float | None = Field(None, gt=0.0)  # per protocol stage; default: federation.round_timeout_s

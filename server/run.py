@@ -169,7 +169,10 @@ class FederationRun:
                                           train_config=train_config, settings=settings,
                                           timeout=settings.timeout_s or self.config.federation.round_timeout_s,
                                           layout=layout, clip=min(clips) if clips else None)
-                return self.strategy.aggregate_secure(server_round, result)
+                arrays = self.strategy.aggregate_secure(server_round, result)
+                self.audit("secure_round", {"round": server_round, "attempt": attempt,
+                                            "in_sum": sorted(m.get(p.INSTITUTION, "") for _, m, _ in result.trained)})
+                return arrays
             except SecureRoundIncomplete as err:
                 self.audit("secure_round_failed", {"round": server_round, "attempt": attempt, "reason": str(err)})
                 flower_log(f"{err} (attempt {attempt} of {attempts})")

@@ -156,7 +156,7 @@ def run_secure_round(grid: Grid, strategy, *, server_round: int, arrays: ArrayRe
     context = LegacyContext(Context(run_id=0, node_id=0, node_config={}, state=RecordDict({
         MAIN_CONFIGS_RECORD: ConfigRecord({WorkflowKey.CURRENT_ROUND: server_round}),
         MAIN_PARAMS_RECORD: ArrayRecord()}), run_config={}), strategy=collector)
-    workflow = _Workflow(instructions, num_shares=1.0, reconstruction_threshold=settings.reconstruction_threshold,
+    workflow = _Workflow(instructions, num_shares=settings.neighbours, reconstruction_threshold=settings.reconstruction_threshold,
                          max_weight=1.0, clipping_range=settings.clipping_range,
                          quantization_range=settings.quantization_range, modulus_range=MODULUS_RANGE, timeout=timeout)
     workflow(grid, context)

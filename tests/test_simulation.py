@@ -157,7 +157,7 @@ def test_a_secure_round_through_flowers_simulation_engine(tmp_path, tiny_data):
     moved = [k for k, v in model.state_dict().items() if not torch.equal(v, start[k])]
     assert "embedding.tokens.weight" in moved and any(k.startswith("heads.coding.") for k in moved)
     events = [json.loads(line)["event"] for line in (out / "audit.jsonl").read_text().splitlines()]
-    assert events.count("trained") == 3 and "secure_round_failed" not in events
+    assert events.count("trained") == 3 and events.count("secure_round") == 1 and "secure_round_failed" not in events
     assert flower_processes_under(out) == []
 
 
