@@ -79,10 +79,11 @@ def prepared_update(name: str, model: GenomicTransformer, tasks) -> dict[str, to
 
 @pytest.fixture
 def prepared_training(monkeypatch):
-    """InstitutionAgent.train returns the prepared update (and charges nothing)."""
+    """InstitutionAgent.train returns the prepared update, charging the ledger a fixed round."""
     def train(self, model, *, run_id, server_round, num_rounds=None):
         examples = {t: len(d) for t, d in self.data("train").items()}
-        return TrainOutcome(Status.TRAINED, 1.0 + server_round, 1e-3, 50.0, examples=examples,
+        self.ledger.record_round(run_id=run_id, round=server_round, noise_multiplier=5.0, sample_rate=0.01, steps=1)
+        return TrainOutcome(Status.TRAINED, self.ledger.epsilon(), 1e-3, 50.0, examples=examples,
                             weights=prepared_update(self.config.name, model, examples))
 
     monkeypatch.setattr(InstitutionAgent, "train", train)
@@ -232,3 +233,71 @@ def test_bad_secure_settings_are_named(tmp_path):
         path.write_text(yaml.safe_dump({**base, **change}))
         with pytest.raises(ConfigError, match=message):
             load_federation(path)
+
+
+# -- the run loop: a round below the threshold is retried, skipped or stops the run ------------------
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_sites(tmp_path_factory):
+    from common.synthetic.cli import synth_from_config
+
+    root = tmp_path_factory.mktemp("secure-run")
+    synth_from_config(TINY, root / "data")
+    nodes = {}
+    for i, entry in enumerate(yaml.safe_load(TINY.read_text())["institutions"]):
+        entry.update(data_dir=str(root / "data" / entry["name"]), state_dir=f"state/{entry['name']}", device="cpu")
+        (root / f"{entry['name']}.yaml").write_text(yaml.safe_dump(entry))
+        nodes[200 + i] = {"institution": str(root / f"{entry['name']}.yaml")}
+    return root, nodes
+
+
+def secure_run(root, out, on_failure):
+    from common.config import load_federation
+
+    config = yaml.safe_load(TINY.read_text())
+    config.pop("institutions"), config.pop("data")
+    config["aggregation"]["secure"] = {"reconstruction_threshold": 1.0, "on_failure": on_failure, "retries": 1}
+    config["central_evaluation"]["data_dir"] = str(root / "data" / "central")
+    config.update(output_dir=str(out))
+    path = out.parent / f"{on_failure}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return load_federation(path)
+
+
+@pytest.mark.parametrize("on_failure", ["retry", "skip", "stop"])
+def test_a_round_below_the_threshold_is_retried_skipped_or_stops_the_run(tiny_sites, tmp_path, prepared_training,
+                                                                         on_failure):
+    from server.run import FederationRun
+
+    root, nodes = tiny_sites
+    silent = {"left": 1}  # jackson-lab dies once, while training in its first secure round
+
+    def answers(node, msg):
+        configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+        if node == 201 and configs and configs[Key.STAGE] == Stage.COLLECT_MASKED_VECTORS and silent["left"]:
+            silent["left"] -= 1
+            return False
+        return True
+
+    events = []
+    run = FederationRun(secure_run(root, tmp_path / "out", on_failure), num_rounds=2,
+                        audit=lambda event, fields: events.append((event, fields)))
+    grid = LocalGrid(client_app.app, {n: {**c} for n, c in nodes.items()}, answers=answers)
+    if on_failure == "stop":
+        with pytest.raises(SecureRoundIncomplete, match="reconstruction threshold"):
+            run.prepare(resume=False).execute(grid)
+        return
+    run.prepare(resume=False).execute(grid)
+    first, second = run.history[1], run.history[2]
+    attempts = [(e, f["round"], f["attempt"]) for e, f in events if e.startswith("secure_round")]
+    assert {r.status for r in second.institutions.values()} == {Status.TRAINED}
+    if on_failure == "retry":
+        assert attempts == [("secure_round_failed", 1, 1), ("secure_round", 1, 2), ("secure_round", 2, 1)]
+        assert {r.status for r in first.institutions.values()} == {Status.TRAINED}
+    else:  # skipped: everyone who was to take part is recorded with the reason; the model stays
+        assert attempts == [("secure_round_failed", 1, 1), ("secure_round", 2, 1)]
+        assert {r.status for r in first.institutions.values()} == {Status.FAILED}
+        assert all("round skipped" in r.reason for r in first.institutions.values())
+        assert first.central == run.history[0].central
