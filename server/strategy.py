@@ -236,15 +236,19 @@ class SpeciesFedAvg(FedAvg):
                 rolled back, another status): the sum cannot be taken apart, so the round is discarded.
         """
         record = self.rounds.setdefault(server_round, RoundRecord())
-        in_sum = set()
+        reports = []
         for node_id, meta, metrics in result.trained:
             report, status_text = self._report(node_id, meta, metrics)
             if not self._admissible(report, status_text, expected=Status.TRAINED):
                 raise SecureRoundIncomplete(f"round {server_round}: the secure sum holds the update of "
                                             f"{report.institution}, which failed its checks ({report.reason}); "
                                             f"the round's sum is discarded", result.ready)
-            record.train.append(report)
-            in_sum.add(node_id)
+            reports.append(report)
+        in_sum = {r.node_id for r in reports}
+        if len(in_sum) < self.min_train_institutions:  # the others dropped out after saying they were ready
+            raise SecureRoundIncomplete(f"round {server_round}: {len(in_sum)} updates in the secure sum, at least "
+                                        f"{self.min_train_institutions} needed", result.ready)
+        record.train.extend(reports)
         self.drop_out(server_round, {n: v for n, v in result.ready.items() if n not in in_sum},
                       "left the secure aggregation protocol")
         record.aggregation = result.report.weights

@@ -301,3 +301,18 @@ def test_a_round_below_the_threshold_is_retried_skipped_or_stops_the_run(tiny_si
         assert {r.status for r in first.institutions.values()} == {Status.FAILED}
         assert all("round skipped" in r.reason for r in first.institutions.values())
         assert first.central == run.history[0].central
+
+
+def test_a_sum_holding_an_update_with_a_rolled_back_epsilon_is_discarded_whole():
+    """It cannot be taken out of the sum, so the round's sum goes (and on_failure applies)."""
+    from server.aggregation import AggregationReport
+    from server.secure_aggregation import SecureSum
+
+    strategy = SpeciesFedAvg(aggregation=AggregationSection(secure=True), min_train_institutions=2)
+    strategy.epsilon_seen["oslo-uh"] = (3.0, 1)  # what it reported in round 1
+    trained = [(1, {p.INSTITUTION: "oslo-uh", p.SPECIES: "human", p.STATUS: "trained"}, {p.EPSILON: 2.5}),
+               (2, {p.INSTITUTION: "jackson-lab", p.SPECIES: "mouse", p.STATUS: "trained"}, {p.EPSILON: 1.0})]
+    ready = {1: ("oslo-uh", "human", {"promoter": 10}), 2: ("jackson-lab", "mouse", {"promoter": 10})}
+    with pytest.raises(SecureRoundIncomplete, match="oslo-uh.*rolled back.*discarded"):
+        strategy.aggregate_secure(2, SecureSum({}, AggregationReport(), trained, ready))
+    assert strategy.rounds[2].train == []  # nothing recorded as trained
