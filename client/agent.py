@@ -93,14 +93,16 @@ class InstitutionAgent:
         return self.ledger.plan_noise_multiplier(round_shape=shape, rounds=remaining)
 
     def train(self, model: GenomicTransformer, *, run_id: str, server_round: int,
-              num_rounds: int | None = None) -> TrainOutcome:
+              num_rounds: int | None = None, attempt: int = 1) -> TrainOutcome:
         """Train one round on every task held, unless its steps would pass the budget.
 
         ``num_rounds``: the federation's rounds, so round ``server_round`` takes its part of the
-        learning-rate schedule (None: each round runs the whole schedule).
+        learning-rate schedule (None: each round runs the whole schedule). ``attempt``: a secure round
+        tried again trains with a fresh seed, so two sums over different institutions never hold the
+        same update (their difference would be the update of whoever is in one only).
         """
         train = self.data("train")
-        seed_everything(self.training.seed + 1009 * server_round)
+        seed_everything(self.training.seed + 1009 * server_round + 7919 * (attempt - 1))
         progress = ((server_round - 1) / num_rounds, server_round / num_rounds) if num_rounds else (0.0, 1.0)
         if self.ledger is None:
             result = self._run(model, train, dp=False, sigma=0.0, progress=progress)
@@ -129,10 +131,13 @@ class InstitutionAgent:
         return sigma, self.ledger.check_budget(segments=planned_segments(train, self.training, sigma))
 
     def _refusal(self, check) -> TrainOutcome:
+        return self.refusal(f"budget exhausted: epsilon {check.current:.4f} of {self.config.privacy.epsilon:g}, "
+                            f"next round would reach {check.projected:.4f}")
+
+    def refusal(self, reason: str) -> TrainOutcome:
+        """A round this institution will not train, and why (its ε as it stands)."""
         privacy = self.config.privacy
-        return TrainOutcome(Status.REFUSED, check.current, privacy.delta, privacy.epsilon,
-                            reason=f"budget exhausted: epsilon {check.current:.4f} of {privacy.epsilon:g}, "
-                                   f"next round would reach {check.projected:.4f}")
+        return TrainOutcome(Status.REFUSED, self.epsilon(), privacy.delta, privacy.epsilon, reason=reason)
 
     def readiness(self) -> TrainOutcome:
         """Whether this institution would train the next round, and on how many records of each task,

@@ -132,19 +132,24 @@ def train_outcome(msg: Message, context: Context) -> tuple[InstitutionAgent, Tra
     model = model_from(msg, agent)
     config = msg.content[p.CONFIG]
     outcome = agent.train(model, run_id=str(context.run_id), server_round=int(config[p.SERVER_ROUND]),
-                          num_rounds=int(config[p.NUM_ROUNDS]) if p.NUM_ROUNDS in config else None)
+                          num_rounds=int(config[p.NUM_ROUNDS]) if p.NUM_ROUNDS in config else None,
+                          attempt=int(config.get(p.ATTEMPT, 1)))
     return agent, outcome
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     if is_secure_stage(msg):  # aggregation.secure: one of SecAgg+'s four stages (client/secure.py)
-        return secure_stage(msg, context, lambda inner, ctx: secure_records(*train_outcome(inner, ctx), inner))
+        return secure_stage(msg, context, lambda inner, ctx: secure_records(*train_outcome(inner, ctx), inner, ctx))
     return plain_train(msg, context)
 
 
 @keep_failures_local
 def plain_train(msg: Message, context: Context) -> Message:
+    agent = agent_for(context, training_from(msg), msg.content[p.CONFIG].get(p.SIMULATION_PATHS))
+    if agent.config.privacy.require_secure:  # this institution's updates leave masked, or not at all
+        return Message(encode_outcome(agent, agent.refusal("this institution requires secure aggregation "
+                                                          "(privacy.require_secure)")), reply_to=msg)
     agent, outcome = train_outcome(msg, context)
     return Message(encode_outcome(agent, outcome), reply_to=msg)
 

@@ -142,6 +142,9 @@ class PrivacyConfig(StrictModel):
     # The secret sealing the ledger (HMAC); default privacy_ledger.key in the state directory. Kept
     # elsewhere (e.g. beside the SuperNode key), editing the state directory cannot forge a ledger.
     ledger_key: Path | None = None
+    # Train only in secure rounds (aggregation.secure): a plain round's request is refused, so this
+    # institution's update never leaves unmasked whatever the server is configured to do.
+    require_secure: bool = False
     noise_multiplier: float | None = Field(None, ge=0.0)  # fixed sigma, or
     planned_rounds: int | None = Field(None, ge=1)  # choose sigma so this many rounds fit the budget
 
@@ -238,7 +241,8 @@ class SecureAggregationSection(StrictModel):
     threshold is tried again (``retry``, up to ``retries`` times, then stops), skipped (the model is
     kept) or stops the run."""
 
-    reconstruction_threshold: float = Field(0.6, gt=0.0, le=1.0)
+    # above 2/3 so the threshold, rounded as Flower does, is always more than half the shares
+    reconstruction_threshold: float = Field(0.67, ge=0.67, le=1.0)
     # the fraction of the round's institutions each one shares its keys with (SecAgg+'s neighbourhood;
     # 1.0: everyone, as SecAgg). Fewer cost less with many institutions, and tolerate fewer dropouts.
     neighbours: float = Field(1.0, gt=0.0, le=1.0)

@@ -45,7 +45,7 @@ SIMULATION_PATHS = "simulation-paths"
 SECURE_LAYOUT = "secure-layout"
 SECURE_WEIGHTS = "secure-weights"
 SECURE_CLIP = "secure-clip"
-SECURE_RANGE = "secure-clipping-range"  # the protocol's quantisation range (entries beyond it are clipped)
+ATTEMPT = "attempt"  # a secure round tried again: a fresh seed for its training (1 for the first try)
 # The query a secure round starts with: each sampled institution says whether it will train this
 # round and how many records of each task (metadata the plain protocol sends with every update).
 DESCRIBE = "query.describe"
@@ -65,8 +65,6 @@ LOSS = "loss"
 BUDGET = "budget"
 REFUSED = "refused"  # 1.0 when the institution refused to train (budget exhausted)
 NOISE_MULTIPLIER = "noise-multiplier"
-UPDATE_CLIPPED = "update-clipped"  # secure rounds: 1.0 when the institution clipped its update to the bound
-RANGE_CLIPPED = "range-clipped"  # secure rounds: weighted entries beyond the quantisation range (clipped)
 
 # -- metric names (snake_case, as each task's ``headline_metric`` in common/tasks.py spells them) ---
 ACCURACY = "accuracy"

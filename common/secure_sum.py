@@ -84,6 +84,9 @@ def contribution(trained: Mapping[str, np.ndarray], reference: Mapping[str, np.n
         if not np.all(np.isfinite(delta)):
             raise SecureLayoutError(f"{name}: non-finite values in the update")
         deltas[name] = delta
+    missing = sorted(n for n in layout.names if n not in deltas and weights.get(group_of(n), 0.0) > 0)
+    if missing:  # a zero there would pull the group's average towards the old value, unseen
+        raise SecureLayoutError(f"weighted groups lack trained parameters {missing[:5]}")
     norm = math.sqrt(sum(float(np.sum(d * d)) for d in deltas.values()))
     scale = min(1.0, clip / norm) if clip is not None and norm > 0 else 1.0
     vector = []

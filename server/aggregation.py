@@ -36,12 +36,14 @@ class AggregationError(RuntimeError):
 
 
 class SecureRoundIncomplete(AggregationError):
-    """Too few institutions stayed for SecAgg+ to unmask the sum (below the reconstruction threshold),
-    or the sum holds a vector whose metadata failed its checks; ``ready``: who was to take part."""
+    """A secure round that could not finish: too few institutions stayed for SecAgg+ to unmask the
+    sum (below the reconstruction threshold or ``min_train_institutions``), or the unmasked sum failed
+    its checks. ``ready``: who was to take part; ``rejected``: the reports of vectors screened out."""
 
-    def __init__(self, message: str, ready: dict[int, tuple[str, str, dict]]):
+    def __init__(self, message: str, ready: dict[int, tuple[str, str, dict]], rejected: list | None = None):
         super().__init__(message)
         self.ready = ready
+        self.rejected = rejected or []
 
 
 @dataclass(frozen=True)

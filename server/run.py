@@ -168,10 +168,10 @@ class FederationRun:
                 result = run_secure_round(grid, self.strategy, server_round=server_round, arrays=arrays,
                                           train_config=train_config, settings=settings,
                                           timeout=settings.timeout_s or self.config.federation.round_timeout_s,
-                                          layout=layout, clip=min(clips) if clips else None)
+                                          layout=layout, clip=min(clips) if clips else None, attempt=attempt)
                 arrays = self.strategy.aggregate_secure(server_round, result)
                 self.audit("secure_round", {"round": server_round, "attempt": attempt,
-                                            "in_sum": sorted(m.get(p.INSTITUTION, "") for _, m, _ in result.trained)})
+                                            "in_sum": sorted(r.institution for r in result.trained)})
                 return arrays
             except SecureRoundIncomplete as err:
                 self.audit("secure_round_failed", {"round": server_round, "attempt": attempt, "reason": str(err)})
@@ -180,7 +180,10 @@ class FederationRun:
                     continue
                 if settings.on_failure != "skip":
                     raise
-                self.strategy.drop_out(server_round, err.ready, f"round skipped: {err}")
+                self.strategy.rounds[server_round].train.extend(err.rejected)
+                rejected = {r.node_id for r in err.rejected}
+                self.strategy.drop_out(server_round, {n: v for n, v in err.ready.items() if n not in rejected},
+                                       f"round skipped: {err}")
                 self.strategy.set_global(arrays)
         return arrays
 

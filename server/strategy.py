@@ -8,6 +8,7 @@ than ``min_train_institutions`` is an error, not a silent no-op.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,7 +26,6 @@ from common.finetuning import head_of
 from common.protocol import InstitutionRound, Status
 from server.aggregation import (
     AggregationError,
-    SecureRoundIncomplete,
     Update,
     UpdateRejected,
     aggregate,
@@ -34,6 +34,8 @@ from server.aggregation import (
 from server.central_dp import CentralNoise, add_group_noise, clip_updates, institution_epsilon
 
 log = logging.getLogger(__name__)
+
+FITRES_METRICS = "fitres.metrics"  # where Flower's legacy FitRes keeps metrics: a secure reply's metadata
 
 
 @dataclass
@@ -219,7 +221,7 @@ class SpeciesFedAvg(FedAvg):
             report, status_text = self._report(msg.metadata.src_node_id, msg.content.get(p.META) or {},
                                                msg.content.get(p.METRICS) or {})
             if self._admissible(report, status_text, expected=Status.READY):
-                if not report.examples or min(report.examples.values()) <= 0:
+                if not report.examples or min(report.examples.values()) < 0:
                     report.status, report.reason = Status.REJECTED, f"{report.institution}: no per-task record counts"
                 else:
                     ready[report.node_id] = (report.institution, report.species, report.examples)
@@ -227,37 +229,32 @@ class SpeciesFedAvg(FedAvg):
             record.train.append(report)
         return ready
 
-    def aggregate_secure(self, server_round: int, result) -> ArrayRecord:
-        """The round record and new global weights of a finished secure round (``result``: a SecureSum);
-        institutions that were ready but whose vector is not in the sum dropped out (FAILED).
-
-        Raises:
-            SecureRoundIncomplete: a vector in the sum came with metadata that fails its checks (an ε
-                rolled back, another status): the sum cannot be taken apart, so the round is discarded.
-        """
-        record = self.rounds.setdefault(server_round, RoundRecord())
-        reports = []
-        for node_id, meta, metrics in result.trained:
+    def screen_secure(self, node_id: int, content) -> InstitutionReport:
+        """The report of a masked vector's metadata, checked before the vector may enter a sum (the
+        sum cannot be taken apart later): TRAINED when it may, else REJECTED with the reason."""
+        try:
+            metrics = json.loads(str(content.config_records[FITRES_METRICS][p.METRICS]))
+            meta = json.loads(str(content.config_records[FITRES_METRICS][p.META]))
             report, status_text = self._report(node_id, meta, metrics)
-            if not self._admissible(report, status_text, expected=Status.TRAINED):
-                raise SecureRoundIncomplete(f"round {server_round}: the secure sum holds the update of "
-                                            f"{report.institution}, which failed its checks ({report.reason}); "
-                                            f"the round's sum is discarded", result.ready)
-            reports.append(report)
-        in_sum = {r.node_id for r in reports}
-        if len(in_sum) < self.min_train_institutions:  # the others dropped out after saying they were ready
-            raise SecureRoundIncomplete(f"round {server_round}: {len(in_sum)} updates in the secure sum, at least "
-                                        f"{self.min_train_institutions} needed", result.ready)
-        record.train.extend(reports)
-        self.drop_out(server_round, {n: v for n, v in result.ready.items() if n not in in_sum},
+        except (KeyError, TypeError, ValueError) as err:
+            return InstitutionReport(node_id, f"node-{node_id}", "unknown", Status.REJECTED,
+                                     reason=f"unreadable metadata with its masked update ({type(err).__name__})")
+        self._admissible(report, status_text, expected=Status.TRAINED)
+        return report
+
+    def aggregate_secure(self, server_round: int, result) -> ArrayRecord:
+        """The round record and new global weights of a finished secure round (``result``: a SecureSum):
+        the institutions in the sum trained, those screened out are rejected, and those that were ready
+        but sent nothing that counts dropped out (FAILED)."""
+        record = self.rounds.setdefault(server_round, RoundRecord())
+        record.train.extend(result.trained + result.rejected)
+        counted = {r.node_id for r in result.trained + result.rejected}
+        self.drop_out(server_round, {n: v for n, v in result.ready.items() if n not in counted},
                       "left the secure aggregation protocol")
         record.aggregation = result.report.weights
         weights = result.weights
-        central = self.aggregation.central_dp
-        if central is not None:  # each institution clipped its own update to the clip before masking
-            clipped = tuple(meta.get(p.INSTITUTION, "") for _, meta, metrics in result.trained
-                            if metrics.get(p.UPDATE_CLIPPED))
-            self._add_central_noise(record, weights, result.report, clipped)
+        if self.aggregation.central_dp is not None:  # each institution clipped its own update before masking
+            self._add_central_noise(record, weights, result.report, clipped=())
         arrays = ArrayRecord({k: _to_torch(v) for k, v in weights.items()})
         self.set_global(arrays)
         return arrays

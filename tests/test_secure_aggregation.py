@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
@@ -40,7 +40,7 @@ TASKS = ("promoter", "coding", "enhancer")
 SITES = [("oslo-uh", "human", ["promoter", "coding"]), ("st-olavs", "human", ["promoter"]),
          ("jackson-lab", "mouse", ["promoter", "coding"]), ("yeast-centre", "yeast", ["coding"])]
 NODES = {name: 100 + i for i, (name, _, _) in enumerate(SITES)}
-SETTINGS = SecureAggregationSection(reconstruction_threshold=0.5, clipping_range=1.0)
+SETTINGS = SecureAggregationSection(reconstruction_threshold=0.67, clipping_range=1.0)
 STAGES = (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS, Stage.UNMASK)
 
 
@@ -80,7 +80,7 @@ def prepared_update(name: str, model: GenomicTransformer, tasks) -> dict[str, to
 @pytest.fixture
 def prepared_training(monkeypatch):
     """InstitutionAgent.train returns the prepared update, charging the ledger a fixed round."""
-    def train(self, model, *, run_id, server_round, num_rounds=None):
+    def train(self, model, *, run_id, server_round, num_rounds=None, attempt=1):
         examples = {t: len(d) for t, d in self.data("train").items()}
         self.ledger.record_round(run_id=run_id, round=server_round, noise_multiplier=5.0, sample_rate=0.01, steps=1)
         return TrainOutcome(Status.TRAINED, self.ledger.epsilon(), 1e-3, 50.0, examples=examples,
@@ -225,6 +225,7 @@ def test_bad_secure_settings_are_named(tmp_path):
 
     base = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     for change, message in [({"aggregation": {"secure": {"reconstruction_threshold": 1.5}}}, "reconstruction_threshold"),
+                            ({"aggregation": {"secure": {"reconstruction_threshold": 0.5}}}, "reconstruction_threshold"),
                             ({"aggregation": {"secure": {"on_failure": "ignore"}}}, "on_failure"),
                             ({"aggregation": {"secure": True}, "federation": {**base["federation"],
                                                                               "min_train_institutions": 1}},
@@ -303,16 +304,64 @@ def test_a_round_below_the_threshold_is_retried_skipped_or_stops_the_run(tiny_si
         assert first.central == run.history[0].central
 
 
-def test_a_sum_holding_an_update_with_a_rolled_back_epsilon_is_discarded_whole():
-    """It cannot be taken out of the sum, so the round's sum goes (and on_failure applies)."""
-    from server.aggregation import AggregationReport
-    from server.secure_aggregation import SecureSum
 
-    strategy = SpeciesFedAvg(aggregation=AggregationSection(secure=True), min_train_institutions=2)
-    strategy.epsilon_seen["oslo-uh"] = (3.0, 1)  # what it reported in round 1
-    trained = [(1, {p.INSTITUTION: "oslo-uh", p.SPECIES: "human", p.STATUS: "trained"}, {p.EPSILON: 2.5}),
-               (2, {p.INSTITUTION: "jackson-lab", p.SPECIES: "mouse", p.STATUS: "trained"}, {p.EPSILON: 1.0})]
-    ready = {1: ("oslo-uh", "human", {"promoter": 10}), 2: ("jackson-lab", "mouse", {"promoter": 10})}
-    with pytest.raises(SecureRoundIncomplete, match="oslo-uh.*rolled back.*discarded"):
-        strategy.aggregate_secure(2, SecureSum({}, AggregationReport(), trained, ready))
-    assert strategy.rounds[2].train == []  # nothing recorded as trained
+
+def test_a_masked_update_whose_epsilon_did_not_rise_is_left_out_before_the_sum_is_opened(institutions, monkeypatch,
+                                                                                         prepared_training):
+    """Its metadata is checked before unmasking (the sum cannot be taken apart afterwards): the sum is
+    opened once, without it, and the others' weights are renormalised."""
+    trained = InstitutionAgent.train
+
+    def train(self, model, **kwargs):
+        outcome = trained(self, model, **kwargs)
+        if self.config.name == "st-olavs":  # says it trained, with the epsilon it had before
+            outcome.epsilon = 0.0
+        return outcome
+
+    monkeypatch.setattr(InstitutionAgent, "train", train)
+    grid = local_grid(institutions)
+    model, strategy, secure = secure_round(grid)
+    reports = {r.institution: r for r in strategy.rounds[1].train}
+    assert reports["st-olavs"].status == Status.REJECTED and "rolled back" in reports["st-olavs"].reason
+    stayed = set(NODES) - {"st-olavs"}
+    assert {n for n, r in reports.items() if r.status == Status.TRAINED} == stayed
+    _, planned = expected_aggregate(model, next(iter(institutions.values())).parent, set(NODES))
+    for name, value in renormalised(model, planned.weights, stayed).items():
+        np.testing.assert_allclose(secure[name], value, atol=8 * STEP, rtol=0, err_msg=name)
+
+
+def test_a_plain_round_is_refused_where_secure_aggregation_is_required(institutions, tmp_path):
+    from flower_messages import server_request
+
+    entry = yaml.safe_load(institutions["oslo-uh"].read_text())
+    entry["privacy"]["require_secure"] = True
+    entry.update(data_dir=str(institutions["oslo-uh"].parent / entry["data_dir"]), state_dir=str(tmp_path / "state"))
+    path = tmp_path / "oslo-uh.yaml"
+    path.write_text(yaml.safe_dump(entry))
+    client_app._AGENTS.clear()
+    reply = client_app.app(server_request("train", model=MODEL, tasks=TASKS),
+                           Context(run_id=1, node_id=7, node_config={"institution": str(path)}, state=RecordDict(),
+                                   run_config={}))
+    assert reply.content[p.META][p.STATUS] == "refused" and "require_secure" in reply.content[p.META][p.REASON]
+    assert p.ARRAYS not in reply.content
+    client_app._AGENTS.clear()
+
+
+@pytest.mark.parametrize("change", ["threshold", "weights"])
+def test_an_institution_refuses_what_a_protocol_following_server_could_not_send(institutions, prepared_training,
+                                                                                monkeypatch, change):
+    """A threshold of half the shares or less, or weights outside [0, 1]: it drops out, sending nothing."""
+    import server.secure_aggregation as secure_module
+
+    if change == "threshold":  # as if the server's own check were gone: 2 of 4 shares
+        monkeypatch.setattr(secure_module._Workflow, "share_keys_stage", secure_module.SecAggPlusWorkflow.share_keys_stage)
+        settings = SETTINGS.model_construct(**{**SETTINGS.model_dump(), "reconstruction_threshold": 0.5})
+    else:
+        original = secure_module.contributor_weights
+        monkeypatch.setattr(secure_module, "contributor_weights", lambda *a, **k: {i: 3.0 for i in original(*a, **k)})
+        settings = SETTINGS
+    grid = local_grid(institutions)
+    with pytest.raises(SecureRoundIncomplete):
+        secure_round(grid, settings=settings)
+    assert not any(Key.MASKED_PARAMETERS in r.content.config_records.get(RECORD_KEY_CONFIGS, {})
+                   for r in grid.replies if not r.has_error())

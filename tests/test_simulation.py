@@ -131,7 +131,7 @@ def test_a_secure_round_through_flowers_simulation_engine(tmp_path, tiny_data):
     import yaml
 
     config = yaml.safe_load(TINY.read_text())
-    config["aggregation"]["secure"] = {"reconstruction_threshold": 0.6, "timeout_s": 300}
+    config["aggregation"]["secure"] = {"reconstruction_threshold": 0.67, "timeout_s": 300}
     config["aggregation"]["central_dp"] = {"noise_multiplier": 0.5, "clip": 50.0}  # clipped by each institution
     config["output_dir"] = str(prepared_out(tmp_path, tiny_data))
     config_file = tmp_path / "secure.yaml"
