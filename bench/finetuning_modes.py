@@ -39,6 +39,7 @@ from common.analysis.scoring import evaluate_variant_effects  # noqa: E402
 from common.checkpoint import load_model  # noqa: E402
 from common.config import load_federation  # noqa: E402
 from common.data.readers import load_dataset  # noqa: E402
+from common.protocol import MetricsLog  # noqa: E402
 from common.synthetic.variants import VariantPair  # noqa: E402
 from server.ops.simulate import ensure_data  # noqa: E402
 from server.report import baselines  # noqa: E402
@@ -87,10 +88,17 @@ def main() -> None:
         with open(work / "data" / "variants.tsv", newline="") as table:
             pairs = [VariantPair(**{**row, "position": int(row["position"]), "effect": float(row["effect"])})
                      for row in csv.DictReader(table, delimiter="\t")]
+        max_len = federation.model.max_len  # the longer pairs (splice windows of 300 bases) do not fit the model
+        pairs = [v for v in pairs if len(v.ref) <= max_len and len(v.alt) <= max_len]
         rows = []
         for variant in args.variants:
-            history, seconds = run_federation(variant_config(base, variant, work=work, checkpoint=checkpoint))
-            final = load_federation(work / f"{variant.replace('/', '-')}.yaml").output_dir / "final"
+            config_file = variant_config(base, variant, work=work, checkpoint=checkpoint)
+            out = load_federation(config_file).output_dir
+            if args.work and (out / "final").is_dir():  # finished in an earlier run of this script: reuse it
+                history, seconds = MetricsLog(out).read(), sum(line.wall_seconds for line in MetricsLog(out).read())
+            else:
+                history, seconds = run_federation(config_file)
+            final = out / "final"
             model, _ = load_model(final)
             impact = evaluate_variant_effects(model, pairs=pairs)
             last = history[-1]
