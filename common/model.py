@@ -53,7 +53,9 @@ class ModelConfig:
     lora_rank: int = 0  # > 0: low-rank adapters on the blocks' linear layers (training.trainable: lora)
     lora_alpha: float = 16.0  # adapter scale alpha / rank
     kmer_linear: int = 0  # > 0: each head adds a linear model on k-mers of lengths 1..k (common/kmer_paths.py)
-    codon_frames: bool = False  # each sequence head adds a linear model on in-frame codon usage, best frame
+    # true, or the sequence tasks whose heads add a linear model on in-frame codon usage (best frame):
+    # for coding-potential tasks; on others its DP-noised weights only add noise to the logits
+    codon_frames: bool | tuple[str, ...] = False
 
     # Read by pydantic when this dataclass sits inside a config file's schema: no unknown keys.
     __pydantic_config__ = ConfigDict(extra="forbid")
@@ -84,9 +86,15 @@ class ModelConfig:
                                    f"{self.lora_rank!r}/{self.lora_alpha!r}")
         if not 0 <= self.kmer_linear <= MAX_KMER or isinstance(self.kmer_linear, bool):
             raise ModelConfigError(f"model.kmer_linear: expected 0 (off) or 1..{MAX_KMER}, got {self.kmer_linear!r}")
-        for name in ("codon_phase", "hierarchical", "codon_frames"):
+        for name in ("codon_phase", "hierarchical"):
             if not isinstance(getattr(self, name), bool):
                 raise ModelConfigError(f"model.{name}: expected true or false, got {getattr(self, name)!r}")
+        if isinstance(self.codon_frames, list | tuple):  # a list from YAML or JSON, kept as a tuple
+            if not all(isinstance(t, str) for t in self.codon_frames):
+                raise ModelConfigError(f"model.codon_frames: expected true, false or task names, got {self.codon_frames!r}")
+            object.__setattr__(self, "codon_frames", tuple(self.codon_frames))
+        elif not isinstance(self.codon_frames, bool):
+            raise ModelConfigError(f"model.codon_frames: expected true, false or task names, got {self.codon_frames!r}")
         if self.epigenetic_tracks < 0:
             raise ModelConfigError(f"model.epigenetic_tracks: expected >= 0, got {self.epigenetic_tracks!r}")
 
@@ -301,6 +309,11 @@ class GenomicTransformer(nn.Module):
             raise ModelConfigError("tasks: expected at least one task")
         self.config = config
         self.tasks = tuple(get_task(t).name for t in tasks)
+        if isinstance(config.codon_frames, tuple):
+            wrong = [t for t in config.codon_frames if t not in self.tasks or get_task(t).per_position]
+            if wrong:
+                raise ModelConfigError(f"model.codon_frames: {wrong} are not sequence tasks of this model "
+                                       f"({', '.join(self.tasks)})")
         self.embedding = GenomicEmbedding(config)
         self.stem = MotifStem(config) if config.motif_kernel else None
         self.codons = CodonMixer(config) if config.hierarchical else None
@@ -314,7 +327,8 @@ class GenomicTransformer(nn.Module):
         spec, cfg = get_task(task), self.config
         if spec.per_position:
             return PositionHead(cfg.d_model, spec.num_classes, cfg.kmer_linear)
-        return SequenceHead(cfg.d_model, spec.num_classes, cfg.dropout, cfg.kmer_linear, cfg.codon_frames)
+        codons = cfg.codon_frames is True or (isinstance(cfg.codon_frames, tuple) and spec.name in cfg.codon_frames)
+        return SequenceHead(cfg.d_model, spec.num_classes, cfg.dropout, cfg.kmer_linear, codons)
 
     def encode(self, tokens: torch.Tensor, tracks: torch.Tensor | None = None) -> torch.Tensor:
         """The backbone alone: ``tokens [B, L]`` -> the final-normed per-base representation

@@ -145,3 +145,17 @@ def test_the_codon_path_learns_an_open_reading_frame_that_kmer_counts_miss():
 
     codons, kmers = accuracy(FrameCodonPath(2)), accuracy(SequenceKmerPath(3, 2))
     assert codons > 0.85 and codons > kmers + 0.15, (codons, kmers)  # measured 0.90 and 0.65
+
+
+def test_the_codon_path_goes_only_where_the_config_says():
+    model = GenomicTransformer(config(codon_frames=["coding"]), tasks=("promoter", "coding", "splice"))
+    assert model.heads["coding"].codons is not None and model.heads["promoter"].codons is None
+    assert GenomicTransformer(config(codon_frames=True), tasks=("promoter", "coding")).heads["promoter"].codons is not None
+    assert ModelConfig.from_dict(config(codon_frames=["coding"]).to_dict()).codon_frames == ("coding",)  # JSON round trip
+    from common.model import ModelConfigError
+
+    for wrong in (["splice"], ["enhancer"]):  # per-position, or not a task of this model
+        with pytest.raises(ModelConfigError, match="codon_frames"):
+            GenomicTransformer(config(codon_frames=wrong), tasks=("promoter", "coding", "splice"))
+    with pytest.raises(ModelConfigError, match="codon_frames"):
+        config(codon_frames="coding")

@@ -21,8 +21,8 @@ def make(tiny_config, **options):
     model = GenomicTransformer(ModelConfig(**{**tiny_config.to_dict(), **options}))
     for name, p in model.named_parameters():
         if ".kmers." in name or ".codons.linear." in name:  # linear paths start at zero: give them weight,
-            # or the checks below see nothing
-            torch.nn.init.normal_(p, std=0.1)
+            # or the checks below see nothing (the codon path's inputs are scaled up: less, or it saturates)
+            torch.nn.init.normal_(p, std=0.02 if ".codons." in name else 0.1)
     return model
 
 
