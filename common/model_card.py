@@ -31,7 +31,8 @@ def _front_matter(tasks: Sequence[str], species: Sequence[str]) -> list[str]:
 def _architecture(model_config: ModelConfig) -> str:
     c = model_config
     extras = [f"linear k-mer paths (k = 1..{c.kmer_linear})" if c.kmer_linear else "",
-              "in-frame codon paths" if c.codon_frames else "",
+              ("in-frame codon paths" + (f" ({', '.join(c.codon_frames)})" if isinstance(c.codon_frames, tuple) else ""))
+              if c.codon_frames else "",
               f"LoRA rank {c.lora_rank}" if c.lora_rank else ""]
     extra = "; ".join(e for e in extras if e)
     return (f"GenomicTransformer: d_model {c.d_model}, {c.n_layers} layer{'s' * (c.n_layers != 1)}, "
