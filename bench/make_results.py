@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("dp_recipe", "dp_study", "model_step", "dp_overhead", "privacy_audit", "serve_latency", "privacy_utility",
+ORDER = ("dp_recipe", "finetuning_modes", "dp_study", "model_step", "dp_overhead", "privacy_audit", "serve_latency", "privacy_utility",
          "species_weighting", "scale", "deploy_overhead", "central_dp", "secure_aggregation", "gpu")
 TITLES = {"dp_recipe": "Is the model worth federating? Baselines, DP baselines, centralized, federated (issue 12)",
+          "finetuning_modes": "From scratch vs pre-trained; all vs heads vs LoRA; variant impact (issue 12.2)",
           "dp_study": "DP recipe study: clipping bias, recipes under noise (issue 12.1)",
           "model_step": "DP vs non-DP training step (issue 2)", "dp_overhead": "DP cost through the trainer, FLOP/s (issues 4, 8.3)",
           "privacy_audit": "Privacy audit: canary exposure, membership inference (issue 8.5)",
