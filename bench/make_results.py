@@ -7,7 +7,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = ("dp_recipe", "finetuning_modes", "dp_study", "model_step", "dp_overhead", "privacy_audit", "serve_latency", "privacy_utility",
-         "species_weighting", "scale", "deploy_overhead", "central_dp", "secure_aggregation", "gpu")
+         "species_weighting", "scale", "deploy_overhead", "central_dp", "secure_aggregation", "secure_deployment", "gpu")
 TITLES = {"dp_recipe": "Is the model worth federating? Baselines, DP baselines, centralized, federated (issue 12)",
           "finetuning_modes": "From scratch vs pre-trained; all vs heads vs LoRA; variant impact (issue 12.2)",
           "dp_study": "DP recipe study: clipping bias, recipes under noise (issue 12.1)",
@@ -17,7 +17,8 @@ TITLES = {"dp_recipe": "Is the model worth federating? Baselines, DP baselines, 
           "species_weighting": "Species weighting (issue 8.2)", "scale": "Scale and aggregation throughput (issue 8.4)",
           "deploy_overhead": "Deployment vs simulation round overhead (issue 6)",
           "central_dp": "Institution-level DP at the server: utility (issue 16.2)",
-          "secure_aggregation": "Secure aggregation: the cost of a round (issue 16.1)", "gpu": "GPU (issue 8.6)"}
+          "secure_aggregation": "Secure aggregation: the cost of a round (issue 16.1)",
+          "secure_deployment": "A secure round in deployment, TLS and node authentication (issue 16.1)", "gpu": "GPU (issue 8.6)"}
 # Where a record lives when it is not bench/results/<name>.md.
 SOURCES = {"dp_study": HERE / "dp_study" / "README.md"}
 INTRO = """# Benchmark results

@@ -27,7 +27,8 @@ ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 # In order: the quick single-process measurements first, the federations last.
 SCRIPTS = ("model_step.py", "dp_overhead.py", "privacy_audit.py", "serve_latency.py", "privacy_utility.py",
-           "species_weighting.py", "scale.py", "deploy_overhead.py", "secure_aggregation.py")
+           "species_weighting.py", "scale.py", "deploy_overhead.py", "secure_aggregation.py",
+           "secure_deployment.py")
 BUDGET_SECONDS = 30 * 60
 
 

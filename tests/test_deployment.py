@@ -198,30 +198,6 @@ def test_a_deployed_run_refuses_an_unregistered_key_survives_a_killed_agent_and_
     assert server.wait(timeout=60) is not None
 
 
-def test_a_secure_round_in_deployment_over_tls_with_node_authentication(site, tmp_path, processes):
-    """Issue 16: SecAgg+ between deployed agents (TLS, enrolled keys) and the server; the server's log
-    shows the protocol completing, each institution trained once and reports its ledger's ε."""
-    out, port = tmp_path / "out", free_port()
-    names = ["oslo-uh", "jackson-lab"]
-    write_institutions(site, tmp_path)
-    config = federation(site, out, enrolled=names, rounds=1, available=2, secure={"timeout_s": 240})
-    server = start_server(processes, site, config, port, tmp_path / "server.log")
-    agents = [start_agent(processes, site, name, port, tmp_path) for name in names]
-    assert server.wait(timeout=500) == 0, (tmp_path / "server.log").read_text()[-3000:]
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [line["round"] for line in history] == [0, 1]
-    assert {n: r["status"] for n, r in history[-1]["institutions"].items()} == {n: "trained" for n in names}
-    for name in names:
-        ledger = PrivacyLedger.load(tmp_path / "state" / name)
-        assert [r.round for r in ledger.rounds] == [1]
-        assert history[-1]["epsilon"][name] == pytest.approx(ledger.epsilon(), rel=1e-9)
-    secure = [e for e in audit_events(out) if e["event"].startswith("secure_round")]
-    assert [(e["event"], e["in_sum"]) for e in secure] == [("secure_round", sorted(names))]
-    for agent in agents:
-        agent.send_signal(signal.SIGTERM)
-        assert agent.wait(timeout=30) is not None
-
-
 def test_status_reads_the_latest_round_and_epsilon_from_flowers_log():
     from server.ops.status import latest_round
 
