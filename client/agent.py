@@ -18,6 +18,7 @@ from client.trainer import (
     state_dict_cpu,
     train_round,
 )
+from common import protocol as p
 from common.config import InstitutionConfig, TrainingConfig
 from common.data.dataset import GenomicDataset
 from common.data.institution import load_institution_data, load_institution_splits
@@ -44,6 +45,22 @@ class TrainOutcome:
     noise_multiplier: float = 0.0
     weights: dict[str, torch.Tensor] | None = None
     reason: str = ""
+
+
+def reported(agent: InstitutionAgent, outcome: TrainOutcome) -> tuple[dict, dict]:
+    """What a training reply says besides the update, plain or secure: (numbers, metadata).
+
+    Record counts per task are disclosed metadata (the README's privacy model); the training loss,
+    computed on raw private batches, stays here: nothing leaves that the ledger does not cover."""
+    numbers = {p.NUM_EXAMPLES: sum(outcome.examples.values()), p.EPSILON: outcome.epsilon,
+               p.DELTA: outcome.delta, p.BUDGET: outcome.budget, p.REFUSED: float(outcome.status == Status.REFUSED),
+               p.NOISE_MULTIPLIER: outcome.noise_multiplier,
+               **p.flatten_task_metrics({t: {p.NUM_EXAMPLES: n} for t, n in outcome.examples.items()})}
+    meta = {p.INSTITUTION: agent.config.name, p.SPECIES: agent.config.species, p.STATUS: str(outcome.status),
+            p.REASON: outcome.reason}
+    if agent.ledger is not None:  # what the reported ε means; public configuration, not data
+        meta[p.ACCOUNTANT] = agent.ledger.accountant
+    return numbers, meta
 
 
 class InstitutionAgent:

@@ -19,7 +19,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.agent import InstitutionAgent, TrainOutcome
+from client.agent import InstitutionAgent, TrainOutcome, reported
 from client.secure import describe, is_secure_stage, secure_records, secure_stage
 from common import protocol as p
 from common.config import (
@@ -92,17 +92,8 @@ def meta(agent: InstitutionAgent, status: str, reason: str = "") -> ConfigRecord
 
 
 def encode_outcome(agent: InstitutionAgent, outcome: TrainOutcome) -> RecordDict:
-    numbers = {p.NUM_EXAMPLES: sum(outcome.examples.values()), p.EPSILON: outcome.epsilon,
-               p.DELTA: outcome.delta, p.BUDGET: outcome.budget, p.REFUSED: float(outcome.status == Status.REFUSED),
-               p.NOISE_MULTIPLIER: outcome.noise_multiplier}
-    # Record counts per task are disclosed metadata (the README's privacy model); the training loss,
-    # computed on raw private batches, stays here: nothing leaves that the ledger does not cover.
-    per_task = {t: {p.NUM_EXAMPLES: n} for t, n in outcome.examples.items()}
-    described = meta(agent, outcome.status, outcome.reason)
-    if agent.ledger is not None:  # what the reported ε means; public configuration, not data
-        described[p.ACCOUNTANT] = agent.ledger.accountant
-    record = RecordDict({p.METRICS: MetricRecord({**numbers, **p.flatten_task_metrics(per_task)}),
-                         p.META: described})
+    numbers, described = reported(agent, outcome)
+    record = RecordDict({p.METRICS: MetricRecord(numbers), p.META: ConfigRecord(described)})
     if outcome.weights is not None:
         record[p.ARRAYS] = ArrayRecord(outcome.weights)
     return record

@@ -2,9 +2,9 @@
 
 A secure round reaches the ClientApp as five messages: a describe query (will it train, on how many
 records of each task — :func:`describe`), then the four SecAgg+ stages as ``train`` messages. Flower's
-``secaggplus_mod`` answers the key stages itself; at "collect masked vectors" it calls
-:func:`train_for_secure_sum`, which trains as in a plain round and returns the institution's
-weighted update (:mod:`common.secure_sum`) where Flower's legacy ``FitRes`` keeps parameters; the mod
+``secaggplus_mod`` answers the key stages itself; at "collect masked vectors" it calls the ClientApp's
+training, and :func:`secure_records` puts the institution's weighted update (:mod:`common.secure_sum`)
+where Flower's legacy ``FitRes`` keeps parameters; the mod
 masks that vector and clears the plaintext from the reply before it leaves. So the server receives
 the masked vector and this round's metadata (status, ε, record counts), never the update itself.
 Against a server that deviates from the protocol the institution refuses weights outside [0, 1], a
@@ -33,7 +33,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 )
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
-from client.agent import InstitutionAgent
+from client.agent import InstitutionAgent, reported
 from common import protocol as p
 from common.protocol import Status
 from common.secure_sum import SecureLayout, contribution
@@ -118,11 +118,7 @@ def secure_records(agent: InstitutionAgent, outcome, msg: Message, context: Cont
     # each is a bit about the update that the masked sum is there to hide.
     log.info("%s: secure update%s; %d weighted entries beyond the quantisation range ±%g", agent.config.name,
              " clipped to the bound" if sent.clipped else " within the bound", sent.range_clipped, clipping_range)
-    metrics = {p.NUM_EXAMPLES: sum(outcome.examples.values()), p.EPSILON: outcome.epsilon, p.DELTA: outcome.delta,
-               p.BUDGET: outcome.budget, p.NOISE_MULTIPLIER: outcome.noise_multiplier,
-               **p.flatten_task_metrics({t: {p.NUM_EXAMPLES: n} for t, n in outcome.examples.items()})}
-    meta = {p.INSTITUTION: agent.config.name, p.SPECIES: agent.config.species, p.STATUS: str(outcome.status),
-            p.REASON: outcome.reason, **({p.ACCOUNTANT: agent.ledger.accountant} if agent.ledger else {})}
+    metrics, meta = reported(agent, outcome)
     fitres = FitRes(status=FlowerStatus(code=Code.OK, message=""),
                     parameters=ndarrays_to_parameters([np.asarray(v, dtype=np.float64) for v in sent.vector]),
                     num_examples=SECURE_WEIGHT, metrics={p.META: json.dumps(meta), p.METRICS: json.dumps(metrics)})
