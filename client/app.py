@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.agent import InstitutionAgent, TrainOutcome, reported
-from client.secure import describe, is_secure_stage, secure_records, secure_stage
+from client.secure import is_secure_stage, secure_records, secure_stage
 from common import protocol as p
 from common.config import (
     TrainingConfig,
@@ -150,7 +150,7 @@ def plain_train(msg: Message, context: Context) -> Message:
 def describe_institution(msg: Message, context: Context) -> Message:
     """A secure round's first question: will this institution train, on how many records."""
     agent = agent_for(context, training_from(msg), msg.content[p.CONFIG].get(p.SIMULATION_PATHS))
-    return Message(describe(agent), reply_to=msg)
+    return Message(encode_outcome(agent, agent.readiness()), reply_to=msg)  # READY or REFUSED, no weights
 
 
 @app.evaluate()

@@ -1,7 +1,7 @@
 """The institution's side of a secure round (``aggregation.secure``): Flower's SecAgg+ client mod.
 
 A secure round reaches the ClientApp as five messages: a describe query (will it train, on how many
-records of each task — :func:`describe`), then the four SecAgg+ stages as ``train`` messages. Flower's
+records of each task: ``client/app.py`` answers it with the agent's readiness), then the four SecAgg+ stages as ``train`` messages. Flower's
 ``secaggplus_mod`` answers the key stages itself; at "collect masked vectors" it calls the ClientApp's
 training, and :func:`secure_records` puts the institution's weighted update (:mod:`common.secure_sum`)
 where Flower's legacy ``FitRes`` keeps parameters; the mod
@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, ndarrays_to_parameters
 from flwr.common import Status as FlowerStatus
@@ -49,16 +49,6 @@ SECURE_FAILURE = 1
 
 def is_secure_stage(msg: Message) -> bool:
     return RECORD_KEY_CONFIGS in msg.content.config_records
-
-
-def describe(agent: InstitutionAgent) -> RecordDict:
-    """Will this institution train the round, and on how many records of each task."""
-    ready = agent.readiness()
-    numbers = {p.EPSILON: ready.epsilon, p.DELTA: ready.delta, p.BUDGET: ready.budget,
-               **p.flatten_task_metrics({t: {p.NUM_EXAMPLES: n} for t, n in ready.examples.items()})}
-    return RecordDict({p.META: ConfigRecord({p.INSTITUTION: agent.config.name, p.SPECIES: agent.config.species,
-                                             p.STATUS: str(ready.status), p.REASON: ready.reason}),
-                       p.METRICS: MetricRecord(numbers)})
 
 
 def secure_stage(msg: Message, context: Context, train: Callable[[Message, Context], RecordDict]) -> Message:
