@@ -17,7 +17,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -35,6 +35,9 @@ MODEL_LIMITS = {"d_model": 4096, "n_heads": 64, "n_layers": 64, "d_ff": 16384, "
 
 class ModelConfigError(ValueError):
     """A model configuration that cannot build a model; names the field and the value."""
+
+
+POOLINGS = ("mean", "mean_max")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,10 @@ class ModelConfig:
     # true, or the sequence tasks whose heads add a linear model on in-frame codon usage (best frame):
     # for coding-potential tasks; on others its DP-noised weights only add noise to the logits
     codon_frames: bool | tuple[str, ...] = False
+    # How a sequence head summarises the bases: "mean" (masked mean), or "mean_max" (the mean beside the
+    # masked max of every channel: a motif's presence anywhere, as a convolutional motif scanner sees it,
+    # which a mean over 100-200 bases dilutes; bench/results/dp_recipe.md measures it under DP)
+    pooling: Literal["mean", "mean_max"] = "mean"
 
     # Read by pydantic when this dataclass sits inside a config file's schema: no unknown keys.
     __pydantic_config__ = ConfigDict(extra="forbid")
@@ -95,6 +102,8 @@ class ModelConfig:
             object.__setattr__(self, "codon_frames", tuple(self.codon_frames))
         elif not isinstance(self.codon_frames, bool):
             raise ModelConfigError(f"model.codon_frames: expected true, false or task names, got {self.codon_frames!r}")
+        if self.pooling not in POOLINGS:
+            raise ModelConfigError(f"model.pooling: expected one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.epigenetic_tracks < 0:
             raise ModelConfigError(f"model.epigenetic_tracks: expected >= 0, got {self.epigenetic_tracks!r}")
 
@@ -267,20 +276,28 @@ class CodonMixer(nn.Module):
 
 
 class SequenceHead(nn.Module):
-    """Masked mean over real bases -> MLP -> class logits [B, C]; plus the linear paths' logits
-    when the model has them (``model.kmer_linear``, ``model.codon_frames``)."""
+    """Masked mean (and with ``pooling="mean_max"`` the masked max) over real bases -> MLP -> class
+    logits [B, C]; plus the linear paths' logits when the model has them (``model.kmer_linear``,
+    ``model.codon_frames``)."""
 
     def __init__(self, d_model: int, num_classes: int, dropout: float, kmer_linear: int = 0,
-                 codon_frames: bool = False):
+                 codon_frames: bool = False, pooling: str = "mean"):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(d_model, d_model // 2), nn.GELU(), nn.Dropout(dropout),
+        self.pooling = pooling
+        width = 2 * d_model if pooling == "mean_max" else d_model
+        self.mlp = nn.Sequential(nn.Linear(width, d_model // 2), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(d_model // 2, num_classes))
         self.kmers = SequenceKmerPath(kmer_linear, num_classes) if kmer_linear else None
         self.codons = FrameCodonPath(num_classes) if codon_frames else None
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        weights = (tokens != PAD_ID).unsqueeze(-1).to(x.dtype)  # [B, L, 1]
+        real = (tokens != PAD_ID).unsqueeze(-1)  # [B, L, 1]
+        weights = real.to(x.dtype)
         pooled = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # [B, D]
+        if self.pooling == "mean_max":
+            highest = x.masked_fill(~real, torch.finfo(x.dtype).min).amax(dim=1)  # [B, D]
+            highest = torch.where(real.any(dim=1), highest, torch.zeros_like(highest))  # no base: 0, as the mean
+            pooled = torch.cat([pooled, highest], dim=-1)  # [B, 2D]
         logits = self.mlp(pooled)
         if self.kmers is not None:
             logits = logits + self.kmers(tokens)
@@ -328,7 +345,7 @@ class GenomicTransformer(nn.Module):
         if spec.per_position:
             return PositionHead(cfg.d_model, spec.num_classes, cfg.kmer_linear)
         codons = cfg.codon_frames is True or (isinstance(cfg.codon_frames, tuple) and spec.name in cfg.codon_frames)
-        return SequenceHead(cfg.d_model, spec.num_classes, cfg.dropout, cfg.kmer_linear, codons)
+        return SequenceHead(cfg.d_model, spec.num_classes, cfg.dropout, cfg.kmer_linear, codons, cfg.pooling)
 
     def encode(self, tokens: torch.Tensor, tracks: torch.Tensor | None = None) -> torch.Tensor:
         """The backbone alone: ``tokens [B, L]`` -> the final-normed per-base representation

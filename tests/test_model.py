@@ -5,15 +5,15 @@ from opacus.validators import ModuleValidator
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.finetuning import head_of
-from common.model import GenomicTransformer, ModelConfig, ModelConfigError, parameters_for_task
+from common.model import GenomicTransformer, ModelConfig, ModelConfigError, SequenceHead, parameters_for_task
 from common.tasks import TASK_NAMES, task_loss
 from common.tokenizer import PAD_ID
 
 OPTIONS = {"plain": {}, "codon_phase": {"codon_phase": True}, "hierarchical": {"hierarchical": True},
            "multimodal": {"epigenetic_tracks": 3}, "motif_stem": {"motif_kernel": 5},
-           "linear_paths": {"kmer_linear": 3, "codon_frames": True},
+           "linear_paths": {"kmer_linear": 3, "codon_frames": True}, "mean_max_pooling": {"pooling": "mean_max"},
            "all": {"codon_phase": True, "hierarchical": True, "epigenetic_tracks": 2, "motif_kernel": 3,
-                   "kmer_linear": 2, "codon_frames": True}}
+                   "kmer_linear": 2, "codon_frames": True, "pooling": "mean_max"}}
 
 
 def make(tiny_config, **options):
@@ -173,10 +173,31 @@ def test_tracks_required_by_multimodal_model(tiny_config):
     ("d_model", 30, "not divisible by model.n_heads"), ("n_layers", 0, "model.n_layers: expected a positive"),
     ("dropout", 1.0, "model.dropout"), ("max_len", -1, "model.max_len"), ("n_heads", 0, "model.n_heads"),
     ("vocab_size", True, "model.vocab_size"), ("kmer_linear", 7, "model.kmer_linear"),
-    ("kmer_linear", -1, "model.kmer_linear")])
+    ("kmer_linear", -1, "model.kmer_linear"), ("pooling", "max", "model.pooling: expected one of mean, mean_max")])
 def test_bad_model_config(field, value, message):
     with pytest.raises(ModelConfigError, match=message):
         ModelConfig(**{"d_model": 32, "n_heads": 4, field: value})
+
+
+def test_mean_max_pooling_sees_a_motif_anywhere_and_never_padding():
+    """The max half of ``mean_max`` is each channel's largest value over real bases: one base that
+    lights a channel moves it however long the sequence (the mean dilutes it by the length), a padded
+    position never does, and a record with no base pools to zeros, as the mean does."""
+    head = SequenceHead(4, 2, 0.0, pooling="mean_max")
+    captured = []
+    head.mlp.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+    x = torch.zeros(3, 50, 4)
+    x[0, 7, 2] = 5.0  # one lit base in a long real sequence
+    x[1, 45, 1] = 9.0  # a lit value at a padded position
+    tokens = torch.full((3, 50), 1)
+    tokens[1, 40:] = PAD_ID
+    tokens[2, :] = PAD_ID  # no base at all
+    head(x, tokens)
+    mean, highest = captured[0][:, :4], captured[0][:, 4:]
+    torch.testing.assert_close(highest[0], torch.tensor([0.0, 0.0, 5.0, 0.0]))
+    torch.testing.assert_close(mean[0, 2], torch.tensor(0.1))
+    torch.testing.assert_close(highest[1], torch.zeros(4))
+    torch.testing.assert_close(captured[0][2], torch.zeros(8))
 
 
 def test_odd_model_width_is_an_error():
