@@ -4,6 +4,7 @@ baseline, centralized non-DP training and a federation of institutions under DP,
     .venv/bin/python bench/dp_recipe.py --data DIR --tasks promoter coding [--institutions 3]
         [--rounds 6] [--epsilons 8 3] [--config configs/demo.yaml] [--init-checkpoint CKPT]
         [--variants scratch/all pretrained/all pretrained/heads pretrained/lora] [--out FILE.md]
+        [--centralized-epochs N] [--skip-centralized | --skip-federated]
 
 DIR holds ``<task>/{train,val,test}.tsv`` (a real set from bench/real_data/build_real_sets.py, or one
 institution's generated data). The training split is dealt at random into ``--institutions``
@@ -140,6 +141,9 @@ def main() -> int:
     parser.add_argument("--model", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override model settings of --config, e.g. kmer_linear=4")
     parser.add_argument("--skip-centralized", action="store_true")
+    parser.add_argument("--centralized-epochs", type=int, default=None,
+                        help="epochs of the centralized run (default: the federation's rounds x local epochs)")
+    parser.add_argument("--skip-federated", action="store_true", help="baselines and centralized only")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -169,12 +173,12 @@ def main() -> int:
             t: head(t, run_dp_baseline(one_site[t], test[t], task=t, settings=DPSettings(epsilon=eps)))
             for t in args.tasks}
     print(rows, flush=True)
-    epochs = max(1, round(args.rounds * config.training.local_epochs))
+    epochs = args.centralized_epochs or max(1, round(args.rounds * config.training.local_epochs))
     if not args.skip_centralized:
         rows[f"transformer centralized, no DP ({epochs} epochs)"] = centralized(config, train, test, epochs=epochs)
         print(rows, flush=True)
     with tempfile.TemporaryDirectory(prefix="dp-recipe-") as work:
-        for variant in args.variants:
+        for variant in [] if args.skip_federated else args.variants:
             for eps in args.epsilons:
                 scores = federate(config, shares, test, epsilon=eps, rounds=args.rounds, variant=variant,
                                   init_checkpoint=args.init_checkpoint, work=Path(work))

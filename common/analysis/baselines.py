@@ -464,6 +464,18 @@ def dataset_codes(dataset: GenomicDataset) -> list[np.ndarray]:
     return [_CODE_OF_TOKEN[t.numpy()] for t in dataset.tokens]
 
 
+def fit_predict_baseline(train: GenomicDataset, test: GenomicDataset, *, task: str, method: str,
+                         k: int | None = None, both_strands: bool = False, seed: int = 0) -> np.ndarray:
+    """Fit one baseline on ``train``; class probabilities of ``test`` (``[n, C]``, per-position tasks
+    ``[bases, C]`` in :meth:`GenomicDataset.label_array` order). Arguments and errors as :func:`run_baseline`."""
+    spec = get_task(task)
+    _check_datasets(train, test, spec)
+    model = build_model(task=spec.name, method=method, k=k, both_strands=both_strands)
+    if spec.per_position:
+        return _fit_predict_splice(model, train, test, seed=seed)
+    return _fit_predict_sequences(model, train, test)
+
+
 def run_baseline(train: GenomicDataset, test: GenomicDataset, *, task: str, method: str,
                  k: int | None = None, both_strands: bool = False, seed: int = 0) -> dict[str, float]:
     """Fit one baseline on ``train`` and score it on ``test`` with the model's metrics.
@@ -482,11 +494,5 @@ def run_baseline(train: GenomicDataset, test: GenomicDataset, *, task: str, meth
         BaselineError: as :func:`build_model`; datasets of another task; an empty set; a training
             set with a single class.
     """
-    spec = get_task(task)
-    _check_datasets(train, test, spec)
-    model = build_model(task=spec.name, method=method, k=k, both_strands=both_strands)
-    if spec.per_position:
-        prob = _fit_predict_splice(model, train, test, seed=seed)
-    else:
-        prob = _fit_predict_sequences(model, train, test)
-    return task_metrics(spec, test.label_array(), prob)
+    prob = fit_predict_baseline(train, test, task=task, method=method, k=k, both_strands=both_strands, seed=seed)
+    return task_metrics(get_task(task), test.label_array(), prob)
