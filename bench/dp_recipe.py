@@ -154,10 +154,6 @@ def main() -> int:
     if args.model:
         overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.model)}
         config = config.model_copy(update={"model": type(config.model).from_dict({**config.model.to_dict(), **overrides})})
-    if isinstance(config.model.codon_frames, tuple):  # the config's codon heads among the tasks run here
-        codon_tasks = tuple(t for t in config.model.codon_frames if t in args.tasks)
-        config = config.model_copy(update={"model": type(config.model).from_dict(
-            {**config.model.to_dict(), "codon_frames": codon_tasks or False})})
     max_len = config.model.max_len
     train = {t: load_dataset(args.data / t, task=t, split="train", max_len=max_len) for t in args.tasks}
     if args.max_train:

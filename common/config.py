@@ -334,6 +334,10 @@ class FederationConfig(StrictModel):
             raise ValueError("aggregation.secure needs federation.min_train_institutions >= 2: a sum of one "
                              "update is that update")
         _declare(self.task_declarations, self.tasks, where="")
+        for option, value in (("codon_frames", self.model.codon_frames), ("kmer_linear", self.model.kmer_linear)):
+            foreign = sorted(set(value) - set(self.tasks)) if isinstance(value, tuple | dict) else []
+            if foreign:
+                raise ValueError(f"model.{option}: {foreign} are not federation tasks {list(self.tasks)}")
         for institution in self.institutions:
             for name, declaration in institution.task_declarations.items():
                 if name in self.task_declarations and declaration != self.task_declarations[name]:

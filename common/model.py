@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -40,6 +41,10 @@ class ModelConfigError(ValueError):
 POOLINGS = ("mean", "mean_max")
 
 
+def _is_k(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_KMER
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     d_model: int = 128
@@ -55,7 +60,10 @@ class ModelConfig:
     motif_kernel: int = 0  # > 0: a convolution of this width over bases before attention (k-mer features)
     lora_rank: int = 0  # > 0: low-rank adapters on the blocks' linear layers (training.trainable: lora)
     lora_alpha: float = 16.0  # adapter scale alpha / rank
-    kmer_linear: int = 0  # > 0: each head adds a linear model on k-mers of lengths 1..k (common/kmer_paths.py)
+    # > 0: each head adds a linear model on k-mers of lengths 1..k (common/kmer_paths.py); or a mapping
+    # task -> k for a k per head (0 or absent: no path). The best k differs by task under DP: 5 for motif
+    # tasks at 5,000 records per site, 4 where a codon path shares the head (bench/results/dp_recipe.md)
+    kmer_linear: int | dict[str, int] = 0
     # true, or the sequence tasks whose heads add a linear model on in-frame codon usage (best frame):
     # for coding-potential tasks; on others its DP-noised weights only add noise to the logits
     codon_frames: bool | tuple[str, ...] = False
@@ -91,8 +99,14 @@ class ModelConfig:
         if self.lora_rank < 0 or not self.lora_alpha > 0:
             raise ModelConfigError(f"model.lora_rank/lora_alpha: expected rank >= 0 and alpha > 0, got "
                                    f"{self.lora_rank!r}/{self.lora_alpha!r}")
-        if not 0 <= self.kmer_linear <= MAX_KMER or isinstance(self.kmer_linear, bool):
-            raise ModelConfigError(f"model.kmer_linear: expected 0 (off) or 1..{MAX_KMER}, got {self.kmer_linear!r}")
+        if isinstance(self.kmer_linear, Mapping):
+            if not all(isinstance(t, str) and _is_k(k) for t, k in self.kmer_linear.items()):
+                raise ModelConfigError(f"model.kmer_linear: expected task names mapped to 0..{MAX_KMER}, "
+                                       f"got {dict(self.kmer_linear)!r}")
+            object.__setattr__(self, "kmer_linear", dict(sorted(self.kmer_linear.items())))
+        elif not _is_k(self.kmer_linear):
+            raise ModelConfigError(f"model.kmer_linear: expected 0 (off), 1..{MAX_KMER} or a mapping task -> k, "
+                                   f"got {self.kmer_linear!r}")
         for name in ("codon_phase", "hierarchical"):
             if not isinstance(getattr(self, name), bool):
                 raise ModelConfigError(f"model.{name}: expected true or false, got {getattr(self, name)!r}")
@@ -106,6 +120,12 @@ class ModelConfig:
             raise ModelConfigError(f"model.pooling: expected one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.epigenetic_tracks < 0:
             raise ModelConfigError(f"model.epigenetic_tracks: expected >= 0, got {self.epigenetic_tracks!r}")
+
+    def kmer_k(self, task: str) -> int:
+        """The k of ``task``'s head's k-mer path (0: none)."""
+        if isinstance(self.kmer_linear, dict):
+            return self.kmer_linear.get(task, 0)
+        return self.kmer_linear
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -326,11 +346,21 @@ class GenomicTransformer(nn.Module):
             raise ModelConfigError("tasks: expected at least one task")
         self.config = config
         self.tasks = tuple(get_task(t).name for t in tasks)
-        if isinstance(config.codon_frames, tuple):
-            wrong = [t for t in config.codon_frames if t not in self.tasks or get_task(t).per_position]
-            if wrong:
-                raise ModelConfigError(f"model.codon_frames: {wrong} are not sequence tasks of this model "
-                                       f"({', '.join(self.tasks)})")
+        # Per-task options may name tasks this model has no head for (one institution's model of a
+        # federation's tasks, `helixfed train`): ignored here; the federation's config checks them
+        # against its tasks. A name no task has is a typo either way.
+        named = {"codon_frames": config.codon_frames if isinstance(config.codon_frames, tuple) else (),
+                 "kmer_linear": tuple(config.kmer_linear) if isinstance(config.kmer_linear, dict) else ()}
+        for option, tasks_named in named.items():
+            for name in tasks_named:
+                try:
+                    get_task(name)
+                except ValueError as err:
+                    raise ModelConfigError(f"model.{option}: {err}") from None
+        wrong = [t for t in named["codon_frames"] if t in self.tasks and get_task(t).per_position]
+        if wrong:
+            raise ModelConfigError(f"model.codon_frames: {wrong} are per-position tasks; the codon path "
+                                   f"scores whole sequences")
         self.embedding = GenomicEmbedding(config)
         self.stem = MotifStem(config) if config.motif_kernel else None
         self.codons = CodonMixer(config) if config.hierarchical else None
@@ -343,9 +373,9 @@ class GenomicTransformer(nn.Module):
     def _make_head(self, task: str) -> nn.Module:
         spec, cfg = get_task(task), self.config
         if spec.per_position:
-            return PositionHead(cfg.d_model, spec.num_classes, cfg.kmer_linear)
+            return PositionHead(cfg.d_model, spec.num_classes, cfg.kmer_k(task))
         codons = cfg.codon_frames is True or (isinstance(cfg.codon_frames, tuple) and spec.name in cfg.codon_frames)
-        return SequenceHead(cfg.d_model, spec.num_classes, cfg.dropout, cfg.kmer_linear, codons, cfg.pooling)
+        return SequenceHead(cfg.d_model, spec.num_classes, cfg.dropout, cfg.kmer_k(task), codons, cfg.pooling)
 
     def encode(self, tokens: torch.Tensor, tracks: torch.Tensor | None = None) -> torch.Tensor:
         """The backbone alone: ``tokens [B, L]`` -> the final-normed per-base representation

@@ -28,9 +28,15 @@ def _front_matter(tasks: Sequence[str], species: Sequence[str]) -> list[str]:
             f"tasks: [{', '.join(tasks)}]", f"species: [{', '.join(species)}]", "---", ""]
 
 
+def _kmer_paths(kmer_linear: int | dict[str, int]) -> str:
+    if isinstance(kmer_linear, dict):
+        return "linear k-mer paths (" + ", ".join(f"{t}: k = 1..{k}" for t, k in kmer_linear.items() if k) + ")"
+    return f"linear k-mer paths (k = 1..{kmer_linear})"
+
+
 def _architecture(model_config: ModelConfig) -> str:
     c = model_config
-    extras = [f"linear k-mer paths (k = 1..{c.kmer_linear})" if c.kmer_linear else "",
+    extras = [_kmer_paths(c.kmer_linear) if c.kmer_linear else "",
               ("in-frame codon paths" + (f" ({', '.join(c.codon_frames)})" if isinstance(c.codon_frames, tuple) else ""))
               if c.codon_frames else "",
               f"LoRA rank {c.lora_rank}" if c.lora_rank else ""]

@@ -72,6 +72,17 @@ def test_bad_model_section(values, key_path, message):
         parse_config({"model": values}, FederationConfig, source="demo.yaml")
 
 
+@pytest.mark.parametrize("option, value", [("kmer_linear", {"promoter": 5, "enhancer": 5}),
+                                           ("codon_frames", ["coding", "enhancer"])])
+def test_per_task_model_options_name_federation_tasks(option, value):
+    """A per-task option naming a task the federation does not train is a mistake in the file (the
+    model itself ignores tasks it has no head for: one institution trains a subset)."""
+    with pytest.raises(ConfigError, match=rf"model.{option}: \['enhancer'\] are not federation tasks"):
+        parse_config({"tasks": ["promoter", "coding"], "model": {option: value}}, FederationConfig, source="demo.yaml")
+    config = parse_config({"tasks": ["promoter", "coding", "enhancer"], "model": {option: value}}, FederationConfig)
+    assert getattr(config.model, option) == (tuple(value) if isinstance(value, list) else value)
+
+
 def test_model_section_builds_a_model_config():
     assert parse_config({"model": {"d_model": 64, "n_heads": 4}}, FederationConfig).model == ModelConfig(d_model=64, n_heads=4)
 

@@ -154,8 +154,13 @@ def test_the_codon_path_goes_only_where_the_config_says():
     assert ModelConfig.from_dict(config(codon_frames=["coding"]).to_dict()).codon_frames == ("coding",)  # JSON round trip
     from common.model import ModelConfigError
 
-    for wrong in (["splice"], ["enhancer"]):  # per-position, or not a task of this model
+    for wrong in (["splice"], ["enchancer"]):  # per-position, or no task's name
         with pytest.raises(ModelConfigError, match="codon_frames"):
             GenomicTransformer(config(codon_frames=wrong), tasks=("promoter", "coding", "splice"))
+    # A task this model has no head for (one institution's model of the federation's tasks): ignored.
+    subset = GenomicTransformer(config(codon_frames=["coding"], kmer_linear={"coding": 4, "promoter": 5}),
+                                tasks=("promoter", "splice"))
+    assert subset.heads["promoter"].codons is None and subset.heads["promoter"].kmers.k == 5
+    assert subset.heads["splice"].kmers is None
     with pytest.raises(ModelConfigError, match="codon_frames"):
         config(codon_frames="coding")

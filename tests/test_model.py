@@ -173,7 +173,9 @@ def test_tracks_required_by_multimodal_model(tiny_config):
     ("d_model", 30, "not divisible by model.n_heads"), ("n_layers", 0, "model.n_layers: expected a positive"),
     ("dropout", 1.0, "model.dropout"), ("max_len", -1, "model.max_len"), ("n_heads", 0, "model.n_heads"),
     ("vocab_size", True, "model.vocab_size"), ("kmer_linear", 7, "model.kmer_linear"),
-    ("kmer_linear", -1, "model.kmer_linear"), ("pooling", "max", "model.pooling: expected one of mean, mean_max")])
+    ("kmer_linear", -1, "model.kmer_linear"), ("pooling", "max", "model.pooling: expected one of mean, mean_max"),
+    ("kmer_linear", {"promoter": 7}, "model.kmer_linear: expected task names mapped to 0..6"),
+    ("kmer_linear", {"promoter": True}, "model.kmer_linear: expected task names mapped")])
 def test_bad_model_config(field, value, message):
     with pytest.raises(ModelConfigError, match=message):
         ModelConfig(**{"d_model": 32, "n_heads": 4, field: value})
