@@ -4,7 +4,7 @@ baseline, centralized non-DP training and a federation of institutions under DP,
     .venv/bin/python bench/dp_recipe.py --data DIR --tasks promoter coding [--institutions 3]
         [--rounds 6] [--epsilons 8 3] [--config configs/demo.yaml] [--init-checkpoint CKPT]
         [--variants scratch/all pretrained/all pretrained/heads pretrained/lora] [--out FILE.md]
-        [--centralized-epochs N] [--skip-centralized | --skip-federated]
+        [--centralized-epochs N] [--skip-centralized | --skip-federated] [--local-epochs E] [--learning-rate LR]
 
 DIR holds ``<task>/{train,val,test}.tsv`` (a real set from bench/real_data/build_real_sets.py, or one
 institution's generated data). The training split is dealt at random into ``--institutions``
@@ -138,6 +138,7 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
     parser.add_argument("--max-train", type=int, default=None, help="cap each task's training records")
     parser.add_argument("--local-epochs", type=float, default=None, help="override training.local_epochs")
+    parser.add_argument("--learning-rate", type=float, default=None, help="override training.learning_rate")
     parser.add_argument("--model", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override model settings of --config, e.g. kmer_linear=4")
     parser.add_argument("--skip-centralized", action="store_true")
@@ -148,9 +149,9 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = load_federation(args.config)
-    if args.local_epochs:
-        config = config.model_copy(update={"training": config.training.model_copy(
-            update={"local_epochs": args.local_epochs})})
+    for key in ("local_epochs", "learning_rate"):
+        if getattr(args, key):
+            config = config.model_copy(update={"training": config.training.model_copy(update={key: getattr(args, key)})})
     if args.model:
         overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.model)}
         config = config.model_copy(update={"model": type(config.model).from_dict({**config.model.to_dict(), **overrides})})
