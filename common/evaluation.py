@@ -63,11 +63,13 @@ def evaluate(model: GenomicTransformer, dataset: GenomicDataset, *, batch_size: 
     result = {**task_metrics(task, preds.labels, preds.probabilities), LOSS: preds.loss,
               NUM_EXAMPLES: len(dataset)}
     if by_species:
-        result["species"] = _metrics_by_species(task, dataset, preds)
+        result["species"] = metrics_by_species(task, dataset, preds)
     return result
 
 
-def _metrics_by_species(task: str, dataset: GenomicDataset, preds: Predictions) -> dict:
+def metrics_by_species(task: str, dataset: GenomicDataset, preds: Predictions) -> dict:
+    """``{species: metrics}`` of ``preds`` on ``dataset``'s records of each species (the model's
+    species rows, and the report's baselines scored the same way)."""
     per_record_species = np.asarray([s or "unknown" for s in dataset.species])
     rows = np.repeat(per_record_species, preds.lengths)  # one species label per scored row
     return {species: task_metrics(task, preds.labels[rows == species], preds.probabilities[rows == species])

@@ -24,6 +24,7 @@ from common.analysis.baselines import fit_predict_baseline  # noqa: E402
 from common.analysis.dp_baselines import DPSettings, predict_dp_baseline, train_dp_baseline  # noqa: E402
 from common.config import FederationConfig  # noqa: E402
 from common.data.dataset import GenomicDataset  # noqa: E402
+from common.evaluation import Predictions, metrics_by_species  # noqa: E402
 from common.metrics import task_metrics  # noqa: E402
 from common.protocol import RoundMetrics, institution_summaries  # noqa: E402
 from common.tasks import get_task  # noqa: E402
@@ -67,12 +68,10 @@ def cross_validated_baseline(dataset: GenomicDataset, *, seed: int = 0,
             return None
         labels = test.label_array()
         scores.setdefault("all", []).append(task_metrics(task, labels, prob)[task.headline_metric])
-        # One row per scored base for per-position tasks, as label_array() lays them out.
-        rows = np.repeat(np.asarray([s or "unknown" for s in test.species]), [t.numel() for t in test.labels])
-        for species in sorted({s for s in test.species if s}):
-            chosen = rows == species
-            scores.setdefault(species, []).append(
-                task_metrics(task, labels[chosen], prob[chosen])[task.headline_metric])
+        lengths = np.asarray([t.numel() for t in test.labels])  # scored rows per record, as label_array() lays them out
+        by_species = metrics_by_species(task.name, test, Predictions(prob, labels, lengths, None))
+        for species, metrics in by_species.items():
+            scores.setdefault(str(species), []).append(metrics[task.headline_metric])
     return {name: float(np.mean(values)) for name, values in scores.items()}
 
 
