@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 import torch.nn as nn
@@ -38,7 +38,8 @@ class ModelConfigError(ValueError):
     """A model configuration that cannot build a model; names the field and the value."""
 
 
-POOLINGS = ("mean", "mean_max")
+Pooling = Literal["mean", "mean_max"]
+POOLINGS: tuple[str, ...] = get_args(Pooling)
 
 
 def _is_k(value) -> bool:
@@ -70,7 +71,7 @@ class ModelConfig:
     # How a sequence head summarises the bases: "mean" (masked mean), or "mean_max" (the mean beside the
     # masked max of every channel: a motif's presence anywhere, as a convolutional motif scanner sees it,
     # which a mean over 100-200 bases dilutes; bench/results/dp_recipe.md measures it under DP)
-    pooling: Literal["mean", "mean_max"] = "mean"
+    pooling: Pooling = "mean"
 
     # Read by pydantic when this dataclass sits inside a config file's schema: no unknown keys.
     __pydantic_config__ = ConfigDict(extra="forbid")
