@@ -5,6 +5,7 @@ baseline, centralized non-DP training and a federation of institutions under DP,
         [--rounds 6] [--epsilons 8 3] [--config configs/demo.yaml] [--init-checkpoint CKPT]
         [--variants scratch/all pretrained/all pretrained/heads pretrained/lora] [--out FILE.md]
         [--centralized-epochs N] [--skip-centralized | --skip-federated] [--local-epochs E] [--learning-rate LR]
+        [--model KEY=VALUE ...] [--training KEY=VALUE ...]
 
 DIR holds ``<task>/{train,val,test}.tsv`` (a real set from bench/real_data/build_real_sets.py, or one
 institution's generated data). The training split is dealt at random into ``--institutions``
@@ -141,6 +142,8 @@ def main() -> int:
     parser.add_argument("--learning-rate", type=float, default=None, help="override training.learning_rate")
     parser.add_argument("--model", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override model settings of --config, e.g. kmer_linear=4")
+    parser.add_argument("--training", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override training settings of --config, e.g. lr_schedule=cosine ema_decay=0.9")
     parser.add_argument("--skip-centralized", action="store_true")
     parser.add_argument("--centralized-epochs", type=int, default=None,
                         help="epochs of the centralized run (default: the federation's rounds x local epochs)")
@@ -152,6 +155,9 @@ def main() -> int:
     for key in ("local_epochs", "learning_rate"):
         if getattr(args, key):
             config = config.model_copy(update={"training": config.training.model_copy(update={key: getattr(args, key)})})
+    if args.training:
+        overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.training)}
+        config = config.model_copy(update={"training": type(config.training)(**{**config.training.model_dump(), **overrides})})
     if args.model:
         overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.model)}
         config = config.model_copy(update={"model": type(config.model).from_dict({**config.model.to_dict(), **overrides})})
@@ -187,7 +193,7 @@ def main() -> int:
     print(text)
     if args.out:
         header = (f"# dp_recipe: {args.data}\n\n`{' '.join(sys.argv[1:])}`\n\n{args.institutions} institutions, "
-                  f"{args.rounds} rounds, config {args.config.name} {' '.join(args.model)}; train {[len(d) for d in train.values()]}, "
+                  f"{args.rounds} rounds, config {args.config.name} {' '.join(args.model + args.training)}; train {[len(d) for d in train.values()]}, "
                   f"test {[len(d) for d in test.values()]}; {time.monotonic() - started:.0f} s\n\n")
         args.out.write_text(header + text + "\n")
     return 0
