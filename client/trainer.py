@@ -29,7 +29,6 @@ from client.privacy.accounting import Segment
 from common.config import TrainingConfig
 from common.data.dataset import GenomicDataset, collate
 from common.finetuning import set_trainable, trainable_names
-from common.kmer_paths import is_linear_path_parameter
 from common.model import GenomicTransformer
 from common.tasks import task_loss
 
@@ -139,18 +138,11 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 
 class _ClippingOptimizer(DPOptimizer):
-    """Opacus' DPOptimizer with automatic and grouped clipping as options, and a record of the
-    per-sample norms it saw (kept at the institution, in its log only).
+    """Opacus' DPOptimizer with automatic clipping as an option (Bu et al. 2023: every per-sample
+    gradient scaled by C / (norm + 0.01), so each contributes at most C, as with flat clipping),
+    and a record of the per-sample norms it saw (kept at the institution, in its log only)."""
 
-    * automatic (Bu et al. 2023): every per-sample gradient scaled by C / (norm + 0.01);
-    * grouped: the linear feature paths' parameters (``in_path``) and the rest clipped separately,
-      each to C / sqrt(2) (to C when the other group has no trained parameter), so the per-sample
-      gradient's total norm is still at most C.
-
-    Either way each record contributes at most C, as with flat clipping: the accounting is the same."""
-
-    clipping: str = "flat"
-    in_path: list[bool]
+    automatic: bool = False
     norm_log: list[torch.Tensor]
 
     def clip_and_accumulate(self) -> None:
@@ -159,25 +151,13 @@ class _ClippingOptimizer(DPOptimizer):
         per_param = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in self.grad_samples], dim=1)
         norms = per_param.norm(2, dim=1)  # [B]
         self.norm_log.append(norms.detach().cpu())
-        if self.clipping == "flat":
+        if not self.automatic:
             return super().clip_and_accumulate()
-        if self.clipping == "automatic":
-            factors = [(self.max_grad_norm / (norms + 0.01)).to(norms.dtype)] * len(self.params)
-        else:
-            factors = self._group_factors(per_param)
-        for p, factor in zip(self.params, factors, strict=True):
+        factor = (self.max_grad_norm / (norms + 0.01)).to(norms.dtype)
+        for p in self.params:
             grad = torch.einsum("i,i...", factor, p.grad_sample)
             p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
         return None
-
-    def _group_factors(self, per_param: torch.Tensor) -> list[torch.Tensor]:
-        """Per parameter, the per-sample factors ``[B]`` clipping its group to its share of C."""
-        in_path = torch.tensor(self.in_path, device=per_param.device)
-        groups = {path: mask for path, mask in ((True, in_path), (False, ~in_path)) if bool(mask.any())}
-        bound = self.max_grad_norm / math.sqrt(len(groups))
-        factor = {path: (bound / (per_param[:, mask].norm(2, dim=1) + 1e-6)).clamp(max=1.0).to(per_param.dtype)
-                  for path, mask in groups.items()}
-        return [factor[path] for path in self.in_path]
 
 
 def _clip_stats(norm_log: list[torch.Tensor], max_grad_norm: float) -> dict[str, float]:
@@ -270,9 +250,7 @@ def train_task_dp(model: GenomicTransformer, dataset: GenomicDataset, *, trainin
         poisson_sampling=True, grad_sample_mode="hooks", wrap_model=False,
         noise_generator=_entropy_generator(device))
     optimizer.__class__ = _ClippingOptimizer  # hooks mode: only clip_and_accumulate differs
-    optimizer.clipping, optimizer.norm_log = training.clipping, []
-    path_ids = {id(p) for n, p in params.items() if is_linear_path_parameter(n)}
-    optimizer.in_path = [id(p) in path_ids for p in optimizer.params]
+    optimizer.automatic, optimizer.norm_log = training.clipping == "automatic", []
     steps = _Steps(steps_per_round(examples=len(dataset), training=training), training, progress)
     average = WeightAverage(params, training.ema_decay) if training.ema_decay else None
     losses: list[float] = []

@@ -102,10 +102,9 @@ class TrainingConfig(StrictModel):
     optimizer: Literal["adam", "sgd"] = "adam"
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     # Per-sample clipping: "flat" scales a gradient longer than C down to C (Abadi et al.);
-    # "automatic" scales every gradient to C / (norm + 0.01) (Bu et al. 2023); "grouped" clips the
-    # linear feature paths (model.kmer_linear, codon_frames) and the network separately, each to
-    # C / sqrt(2). All bound a record's contribution by C, so the accounting is the same.
-    clipping: Literal["flat", "automatic", "grouped"] = "flat"
+    # "automatic" scales every gradient to C / (norm + 0.01) (Bu et al. 2023). Both bound a record's
+    # contribution by C, so the accounting is the same.
+    clipping: Literal["flat", "automatic"] = "flat"
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # > 0: send the moving average of the local steps' weights
     max_len: int = Field(512, ge=1)  # longest sequence accepted from data
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast applies on CUDA only

@@ -38,15 +38,6 @@ WINDOW_LEFT = 25
 WINDOW_RIGHT = 10
 
 
-# The attribute names a head gives its linear paths (SequenceHead.kmers / .codons, PositionHead.kmers).
-PATH_ATTRIBUTES = ("kmers", "codons")
-
-
-def is_linear_path_parameter(name: str) -> bool:
-    """Whether a parameter (by its name in the model) belongs to a linear feature path."""
-    return any(part in PATH_ATTRIBUTES for part in name.split("."))
-
-
 def _base_codes(tokens: torch.Tensor) -> torch.Tensor:
     table = torch.full((VOCAB_SIZE,), N_CODE, dtype=torch.long, device=tokens.device)
     table[torch.tensor([A_ID, C_ID, G_ID, T_ID], device=tokens.device)] = torch.arange(4, device=tokens.device)

@@ -7,7 +7,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from client.trainer import WeightAverage, _ClippingOptimizer, _Steps
 from common.config import TrainingConfig
-from common.kmer_paths import is_linear_path_parameter
 
 
 @pytest.mark.parametrize("schedule, expected", [
@@ -41,8 +40,7 @@ def test_automatic_clipping_scales_every_per_sample_gradient_to_c_over_its_norm(
         module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), data_loader=loader,
         noise_multiplier=0.0, max_grad_norm=1.0, poisson_sampling=False, grad_sample_mode="hooks", wrap_model=False)
     optimizer.__class__ = _ClippingOptimizer
-    optimizer.clipping, optimizer.norm_log = "automatic", []
-    optimizer.in_path = [False, False]
+    optimizer.automatic, optimizer.norm_log = True, []
 
     torch.nn.functional.cross_entropy(model(x), y).backward()
     per_sample = torch.cat([p.grad_sample.reshape(6, -1) for p in model.parameters()], dim=1)
@@ -55,62 +53,6 @@ def test_automatic_clipping_scales_every_per_sample_gradient_to_c_over_its_norm(
     torch.testing.assert_close(step, expected, rtol=1e-5, atol=1e-7)
     assert torch.equal(optimizer.norm_log[0], norms.detach())
     assert (norms < 1.0).any()  # small gradients were scaled up, which flat clipping never does
-
-
-class _NetWithPath(torch.nn.Module):
-    """A network beside a linear path, named as a model head names its paths (``kmers``)."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Linear(3, 2)
-        self.kmers = torch.nn.Linear(5, 2)
-
-    def forward(self, x, features):
-        return self.net(x) + self.kmers(features)
-
-
-def _grouped_step(model, inputs, y, clip):
-    loader = DataLoader(TensorDataset(*inputs, y), batch_size=len(y))
-    hooks, optimizer, loader = PrivacyEngine(accountant="rdp").make_private(
-        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), data_loader=loader,
-        noise_multiplier=0.0, max_grad_norm=clip, poisson_sampling=False, grad_sample_mode="hooks", wrap_model=False)
-    optimizer.__class__ = _ClippingOptimizer
-    names = {id(p): n for n, p in model.named_parameters()}
-    optimizer.clipping, optimizer.norm_log = "grouped", []
-    optimizer.in_path = [is_linear_path_parameter(names[id(p)]) for p in optimizer.params]
-    torch.nn.functional.cross_entropy(model(*inputs), y).backward()
-    per_sample = {n: p.grad_sample.reshape(len(y), -1) for n, p in model.named_parameters()}
-    optimizer.step()
-    hooks.cleanup()
-    return per_sample, {n: p.grad.reshape(-1) for n, p in model.named_parameters()}
-
-
-def test_grouped_clipping_bounds_the_paths_and_the_network_each_by_c_over_root_two():
-    torch.manual_seed(0)
-    model, clip = _NetWithPath(), 1.0
-    scale = torch.tensor([[0.01], [0.3], [1.0], [3.0], [30.0], [100.0]])
-    x, features, y = torch.randn(6, 3) * scale.flip(0), torch.randn(6, 5) * scale, torch.randint(0, 2, (6,))
-    per_sample, step = _grouped_step(model, (x, features), y, clip)
-    bound = clip / 2 ** 0.5
-    for group in (["kmers.weight", "kmers.bias"], ["net.weight", "net.bias"]):
-        sample = torch.cat([per_sample[n] for n in group], dim=1)
-        factor = torch.clamp(bound / (sample.norm(dim=1) + 1e-6), max=1.0)
-        assert (factor < 1).any() and (factor == 1).any()  # some clipped, some not: the check bites
-        expected = (sample * factor[:, None]).mean(dim=0)
-        torch.testing.assert_close(torch.cat([step[n] for n in group]), expected, rtol=1e-5, atol=1e-7)
-        assert torch.all((sample * factor[:, None]).norm(dim=1) <= bound * (1 + 1e-5))
-    unclipped = torch.cat([per_sample[n] for n in per_sample], dim=1)
-    assert unclipped.norm(dim=1).max() > clip  # and some records' gradients are far beyond it unclipped
-
-
-def test_grouped_clipping_without_a_path_is_flat_clipping_at_c():
-    torch.manual_seed(1)
-    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
-    x, y = torch.randn(6, 3) * torch.tensor([[0.01], [0.1], [1.0], [3.0], [10.0], [30.0]]), torch.randint(0, 2, (6,))
-    per_sample, step = _grouped_step(model, (x,), y, 1.0)
-    sample = torch.cat(list(per_sample.values()), dim=1)
-    expected = (sample * torch.clamp(1.0 / (sample.norm(dim=1) + 1e-6), max=1.0)[:, None]).mean(dim=0)
-    torch.testing.assert_close(torch.cat(list(step.values())), expected, rtol=1e-5, atol=1e-7)
 
 
 def test_weight_average_warm_start():
