@@ -127,6 +127,11 @@ def centralized(config, train, test, *, epochs: int) -> dict[str, float]:
     return {task: head(task, evaluate(model, data, batch_size=128)) for task, data in test.items()}
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """``["key=value", ...]`` -> ``{key: value}``, each value read as YAML (numbers, lists, mappings)."""
+    return {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in items)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -152,15 +157,13 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = load_federation(args.config)
-    for key in ("local_epochs", "learning_rate"):
-        if getattr(args, key):
-            config = config.model_copy(update={"training": config.training.model_copy(update={key: getattr(args, key)})})
-    if args.training:
-        overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.training)}
-        config = config.model_copy(update={"training": type(config.training)(**{**config.training.model_dump(), **overrides})})
+    training = {key: getattr(args, key) for key in ("local_epochs", "learning_rate") if getattr(args, key)}
+    training.update(parse_overrides(args.training))
+    if training:  # validated as the config file's training section is
+        config = config.model_copy(update={"training": type(config.training)(**{**config.training.model_dump(), **training})})
     if args.model:
-        overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.model)}
-        config = config.model_copy(update={"model": type(config.model).from_dict({**config.model.to_dict(), **overrides})})
+        model = {**config.model.to_dict(), **parse_overrides(args.model)}
+        config = config.model_copy(update={"model": type(config.model).from_dict(model)})
     max_len = config.model.max_len
     train = {t: load_dataset(args.data / t, task=t, split="train", max_len=max_len) for t in args.tasks}
     if args.max_train:
