@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# On every core (at most 4): the Flower end-to-end tests spend much of their time waiting on
+# processes they started, so the unit tests fill the gaps (2 cores: about 11 minutes instead of 14).
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses 4
 
 # A simulated federation of four institutions (four species, all four tasks, DP) on this machine.
 # --fresh: the simulated institutions' ledgers start from zero each time (real ones never do).
