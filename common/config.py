@@ -334,7 +334,8 @@ class FederationConfig(StrictModel):
             raise ValueError("aggregation.secure needs federation.min_train_institutions >= 2: a sum of one "
                              "update is that update")
         _declare(self.task_declarations, self.tasks, where="")
-        for option, value in (("codon_frames", self.model.codon_frames), ("kmer_linear", self.model.kmer_linear)):
+        for option in ("codon_frames", "kmer_both_strands", "kmer_linear"):
+            value = getattr(self.model, option)
             foreign = sorted(set(value) - set(self.tasks)) if isinstance(value, tuple | dict) else []
             if foreign:
                 raise ValueError(f"model.{option}: {foreign} are not federation tasks {list(self.tasks)}")

@@ -7,7 +7,9 @@ gives every head a "wide" linear path on those features, added to the transforme
 logits, so the model starts where the k-mer baseline ends and the backbone learns the rest:
 
 * sequence tasks: k-mer frequencies of lengths 1..k as enrichment over a uniform background
-  (``f·4^j − 1``), the DP k-mer baseline's features (``4 + 16 + … + 4^k`` inputs);
+  (``f·4^j − 1``), the DP k-mer baseline's features (``4 + 16 + … + 4^k`` inputs); with
+  ``model.kmer_both_strands`` each k-mer is counted together with its reverse complement, one input
+  per pair: about half the inputs, for signals that sit on either strand (TF sites in enhancers);
 * per-position tasks: a convolution over the one-hot mono- and dinucleotides of a window around
   each base (a weighted-degree model with k ≤ 2, the DP splice baseline);
 * ``model.codon_frames: true`` adds, beside every sequence head, a linear model on the codon usage of
@@ -21,6 +23,7 @@ zero, so a fresh path changes nothing until training moves it.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -44,10 +47,27 @@ def _base_codes(tokens: torch.Tensor) -> torch.Tensor:
     return table[tokens]  # [B, L]
 
 
-def kmer_enrichment(tokens: torch.Tensor, k: int) -> torch.Tensor:
-    """``tokens [B, L]`` -> ``[B, 4 + … + 4^k]`` k-mer frequencies of lengths 1..k, each length's
-    block as enrichment over uniform (``f·4^j − 1``). A k-mer holding a non-base (N, padding, mask)
-    is counted nowhere; a sequence with no k-mer of some length gets −1 there."""
+@functools.lru_cache(maxsize=MAX_KMER)
+def canonical_kmers(j: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Of the ``4^j`` j-mers (index = the bases A0 C1 G2 T3 read as a base-4 number): the canonical
+    ones (index ≤ its reverse complement's), ascending, and each one's reverse complement. A
+    palindrome (even j only, e.g. ACGT) is its own partner."""
+    index = torch.arange(4 ** j)
+    reverse = torch.zeros_like(index)
+    for position in range(j):  # base at ``position`` (from the right) -> complement at the mirror place
+        digit = (index // 4 ** position) % 4
+        reverse += (3 - digit) * 4 ** (j - 1 - position)
+    canonical = index[index <= reverse]
+    return canonical, reverse[canonical]
+
+
+def kmer_enrichment(tokens: torch.Tensor, k: int, *, both_strands: bool = False) -> torch.Tensor:
+    """``tokens [B, L]`` -> ``[B, kmer_feature_count(k, both_strands)]`` k-mer frequencies of lengths
+    1..k, each length's block as enrichment over uniform (``f·4^j − 1``). A k-mer holding a non-base
+    (N, padding, mask) is counted nowhere; a sequence with no k-mer of some length gets −1 there.
+    ``both_strands``: one column per canonical k-mer, the mean frequency of it and its reverse
+    complement (what the same sequence read on the other strand would give), so the features are the
+    same for a sequence and its reverse complement."""
     codes = _base_codes(tokens)
     is_base = codes < N_CODE
     digit = torch.where(is_base, codes, torch.zeros_like(codes))
@@ -61,28 +81,34 @@ def kmer_enrichment(tokens: torch.Tensor, k: int) -> torch.Tensor:
         if index.shape[1]:
             counts.scatter_add_(1, index, valid.to(counts.dtype))
         frequency = counts / counts.sum(dim=1, keepdim=True).clamp(min=1.0)
+        if both_strands:
+            canonical, partner = (t.to(tokens.device) for t in canonical_kmers(j))
+            frequency = (frequency[:, canonical] + frequency[:, partner]) / 2
         blocks.append(frequency * 4.0 ** j - 1.0)
     return torch.cat(blocks, dim=1)
 
 
-def kmer_feature_count(k: int) -> int:
+def kmer_feature_count(k: int, both_strands: bool = False) -> int:
+    if both_strands:  # pairs, plus the palindromes of even lengths (their own pair)
+        return sum((4 ** j + (4 ** (j // 2) if j % 2 == 0 else 0)) // 2 for j in range(1, k + 1))
     return sum(4 ** j for j in range(1, k + 1))
 
 
 class SequenceKmerPath(nn.Module):
-    """Class logits ``[B, C]`` from a linear model on the record's k-mer enrichment."""
+    """Class logits ``[B, C]`` from a linear model on the record's k-mer enrichment (``both_strands``:
+    on canonical k-mers, see :func:`kmer_enrichment`)."""
 
-    def __init__(self, k: int, num_classes: int):
+    def __init__(self, k: int, num_classes: int, both_strands: bool = False):
         super().__init__()
         if not 1 <= k <= MAX_KMER:
             raise ValueError(f"k-mer path: expected 1 <= k <= {MAX_KMER}, got {k}")
-        self.k = k
-        self.linear = nn.Linear(kmer_feature_count(k), num_classes)
+        self.k, self.both_strands = k, both_strands
+        self.linear = nn.Linear(kmer_feature_count(k, both_strands), num_classes)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.linear(kmer_enrichment(tokens, self.k))
+        return self.linear(kmer_enrichment(tokens, self.k, both_strands=self.both_strands))
 
 
 def frame_codon_usage(tokens: torch.Tensor) -> torch.Tensor:

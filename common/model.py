@@ -65,6 +65,10 @@ class ModelConfig:
     # task -> k for a k per head (0 or absent: no path). The best k differs by task under DP: 5 for motif
     # tasks at 5,000 records per site, 4 where a codon path shares the head (bench/results/dp_recipe.md)
     kmer_linear: int | dict[str, int] = 0
+    # true, or the sequence tasks whose k-mer path counts each k-mer with its reverse complement (one
+    # input per pair, about half as many noisy weights under DP): for signals on either strand, such as
+    # TF sites in enhancers; not for promoters, coding or RNA-binding sites, which are read on one strand
+    kmer_both_strands: bool | tuple[str, ...] = False
     # true, or the sequence tasks whose heads add a linear model on in-frame codon usage (best frame):
     # for coding-potential tasks; on others its DP-noised weights only add noise to the logits
     codon_frames: bool | tuple[str, ...] = False
@@ -111,12 +115,21 @@ class ModelConfig:
         for name in ("codon_phase", "hierarchical"):
             if not isinstance(getattr(self, name), bool):
                 raise ModelConfigError(f"model.{name}: expected true or false, got {getattr(self, name)!r}")
-        if isinstance(self.codon_frames, list | tuple):  # a list from YAML or JSON, kept as a tuple
-            if not all(isinstance(t, str) for t in self.codon_frames):
-                raise ModelConfigError(f"model.codon_frames: expected true, false or task names, got {self.codon_frames!r}")
-            object.__setattr__(self, "codon_frames", tuple(self.codon_frames))
-        elif not isinstance(self.codon_frames, bool):
-            raise ModelConfigError(f"model.codon_frames: expected true, false or task names, got {self.codon_frames!r}")
+        for name in ("codon_frames", "kmer_both_strands"):  # true, false, or the tasks it applies to
+            value = getattr(self, name)
+            if isinstance(value, list | tuple):  # a list from YAML or JSON, kept as a tuple
+                if not all(isinstance(t, str) for t in value):
+                    raise ModelConfigError(f"model.{name}: expected true, false or task names, got {value!r}")
+                object.__setattr__(self, name, tuple(value))
+            elif not isinstance(value, bool):
+                raise ModelConfigError(f"model.{name}: expected true, false or task names, got {value!r}")
+        if isinstance(self.kmer_both_strands, tuple):
+            pathless = [t for t in self.kmer_both_strands if not self.kmer_k(t)]
+        else:
+            pathless = ["every task"] if self.kmer_both_strands and not self.kmer_linear else []
+        if pathless:
+            raise ModelConfigError(f"model.kmer_both_strands: no k-mer path (model.kmer_linear) to count on both "
+                                   f"strands for {pathless}")
         if self.pooling not in POOLINGS:
             raise ModelConfigError(f"model.pooling: expected one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.epigenetic_tracks < 0:
@@ -127,6 +140,12 @@ class ModelConfig:
         if isinstance(self.kmer_linear, dict):
             return self.kmer_linear.get(task, 0)
         return self.kmer_linear
+
+    def applies(self, option: str, task: str) -> bool:
+        """Whether a per-task option set to true or to a list of tasks (``codon_frames``,
+        ``kmer_both_strands``) applies to ``task``'s head."""
+        value = getattr(self, option)
+        return value is True or (isinstance(value, tuple) and task in value)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -302,13 +321,13 @@ class SequenceHead(nn.Module):
     ``model.codon_frames``)."""
 
     def __init__(self, d_model: int, num_classes: int, dropout: float, kmer_linear: int = 0,
-                 codon_frames: bool = False, pooling: str = "mean"):
+                 codon_frames: bool = False, pooling: str = "mean", *, kmer_both_strands: bool = False):
         super().__init__()
         self.pooling = pooling
         width = 2 * d_model if pooling == "mean_max" else d_model
         self.mlp = nn.Sequential(nn.Linear(width, d_model // 2), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(d_model // 2, num_classes))
-        self.kmers = SequenceKmerPath(kmer_linear, num_classes) if kmer_linear else None
+        self.kmers = SequenceKmerPath(kmer_linear, num_classes, kmer_both_strands) if kmer_linear else None
         self.codons = FrameCodonPath(num_classes) if codon_frames else None
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -351,6 +370,7 @@ class GenomicTransformer(nn.Module):
         # federation's tasks, `helixfed train`): ignored here; the federation's config checks them
         # against its tasks. A name no task has is a typo either way.
         named = {"codon_frames": config.codon_frames if isinstance(config.codon_frames, tuple) else (),
+                 "kmer_both_strands": config.kmer_both_strands if isinstance(config.kmer_both_strands, tuple) else (),
                  "kmer_linear": tuple(config.kmer_linear) if isinstance(config.kmer_linear, dict) else ()}
         for option, tasks_named in named.items():
             for name in tasks_named:
@@ -358,10 +378,11 @@ class GenomicTransformer(nn.Module):
                     get_task(name)
                 except ValueError as err:
                     raise ModelConfigError(f"model.{option}: {err}") from None
-        wrong = [t for t in named["codon_frames"] if t in self.tasks and get_task(t).per_position]
-        if wrong:
-            raise ModelConfigError(f"model.codon_frames: {wrong} are per-position tasks; the codon path "
-                                   f"scores whole sequences")
+        for option, path in (("codon_frames", "the codon path"), ("kmer_both_strands", "a canonical k-mer path")):
+            wrong = [t for t in named[option] if t in self.tasks and get_task(t).per_position]
+            if wrong:
+                raise ModelConfigError(f"model.{option}: {wrong} are per-position tasks; {path} scores whole "
+                                       f"sequences")
         self.embedding = GenomicEmbedding(config)
         self.stem = MotifStem(config) if config.motif_kernel else None
         self.codons = CodonMixer(config) if config.hierarchical else None
@@ -375,8 +396,9 @@ class GenomicTransformer(nn.Module):
         spec, cfg = get_task(task), self.config
         if spec.per_position:
             return PositionHead(cfg.d_model, spec.num_classes, cfg.kmer_k(task))
-        codons = cfg.codon_frames is True or (isinstance(cfg.codon_frames, tuple) and spec.name in cfg.codon_frames)
-        return SequenceHead(cfg.d_model, spec.num_classes, cfg.dropout, cfg.kmer_k(task), codons, cfg.pooling)
+        return SequenceHead(cfg.d_model, spec.num_classes, cfg.dropout, cfg.kmer_k(task),
+                            cfg.applies("codon_frames", spec.name), cfg.pooling,
+                            kmer_both_strands=cfg.applies("kmer_both_strands", spec.name))
 
     def encode(self, tokens: torch.Tensor, tracks: torch.Tensor | None = None) -> torch.Tensor:
         """The backbone alone: ``tokens [B, L]`` -> the final-normed per-base representation

@@ -28,15 +28,21 @@ def _front_matter(tasks: Sequence[str], species: Sequence[str]) -> list[str]:
             f"tasks: [{', '.join(tasks)}]", f"species: [{', '.join(species)}]", "---", ""]
 
 
-def _kmer_paths(kmer_linear: int | dict[str, int]) -> str:
-    if isinstance(kmer_linear, dict):
-        return "linear k-mer paths (" + ", ".join(f"{t}: k = 1..{k}" for t, k in kmer_linear.items() if k) + ")"
-    return f"linear k-mer paths (k = 1..{kmer_linear})"
+def _kmer_paths(c: ModelConfig) -> str:
+    def path(task: str | None, k: int) -> str:
+        strands = c.kmer_both_strands is True or (task is not None and c.applies("kmer_both_strands", task))
+        return f"{task + ': ' if task else ''}k = 1..{k}{', both strands' if strands else ''}"
+
+    if isinstance(c.kmer_linear, dict):
+        return "linear k-mer paths (" + ", ".join(path(t, k) for t, k in c.kmer_linear.items() if k) + ")"
+    if isinstance(c.kmer_both_strands, tuple):
+        return f"linear k-mer paths (k = 1..{c.kmer_linear}; both strands: {', '.join(c.kmer_both_strands)})"
+    return f"linear k-mer paths ({path(None, c.kmer_linear)})"
 
 
 def _architecture(model_config: ModelConfig) -> str:
     c = model_config
-    extras = [_kmer_paths(c.kmer_linear) if c.kmer_linear else "",
+    extras = [_kmer_paths(c) if c.kmer_linear else "",
               ("in-frame codon paths" + (f" ({', '.join(c.codon_frames)})" if isinstance(c.codon_frames, tuple) else ""))
               if c.codon_frames else "",
               f"LoRA rank {c.lora_rank}" if c.lora_rank else ""]

@@ -73,13 +73,16 @@ def test_bad_model_section(values, key_path, message):
 
 
 @pytest.mark.parametrize("option, value", [("kmer_linear", {"promoter": 5, "enhancer": 5}),
-                                           ("codon_frames", ["coding", "enhancer"])])
+                                           ("codon_frames", ["coding", "enhancer"]),
+                                           ("kmer_both_strands", ["enhancer"])])
 def test_per_task_model_options_name_federation_tasks(option, value):
     """A per-task option naming a task the federation does not train is a mistake in the file (the
     model itself ignores tasks it has no head for: one institution trains a subset)."""
     with pytest.raises(ConfigError, match=rf"model.{option}: \['enhancer'\] are not federation tasks"):
-        parse_config({"tasks": ["promoter", "coding"], "model": {option: value}}, FederationConfig, source="demo.yaml")
-    config = parse_config({"tasks": ["promoter", "coding", "enhancer"], "model": {option: value}}, FederationConfig)
+        parse_config({"tasks": ["promoter", "coding"], "model": {"kmer_linear": 4, option: value}}, FederationConfig,
+                     source="demo.yaml")
+    config = parse_config({"tasks": ["promoter", "coding", "enhancer"], "model": {"kmer_linear": 4, option: value}},
+                          FederationConfig)
     assert getattr(config.model, option) == (tuple(value) if isinstance(value, list) else value)
 
 

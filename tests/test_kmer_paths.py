@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import torch
 
+from common.analysis.baselines import KmerSpectrum
 from common.analysis.dp_baselines import enrichment_features
 from common.kmer_paths import (
     FrameCodonPath,
     SequenceKmerPath,
     WindowKmerPath,
+    canonical_kmers,
     frame_codon_usage,
     kmer_enrichment,
     kmer_feature_count,
@@ -34,6 +36,55 @@ def test_features_equal_the_dp_baselines(k):
     got = kmer_enrichment(padded_tokens(sequences), k).numpy()
     assert got.shape == (len(sequences), kmer_feature_count(k))
     np.testing.assert_allclose(got, enrichment_features(sequences, k=k), atol=1e-5)
+
+
+def reverse_complement(sequence: str) -> str:
+    return sequence.translate(str.maketrans("ACGTN", "TGCAN"))[::-1]
+
+
+def kmer_string(index: int, j: int) -> str:
+    return "".join("ACGT"[(index // 4 ** (j - 1 - i)) % 4] for i in range(j))
+
+
+@pytest.mark.parametrize("j", [1, 2, 3, 4])
+def test_canonical_kmers_pair_each_kmer_with_its_reverse_complement(j):
+    canonical, partner = canonical_kmers(j)
+    strings = [kmer_string(int(i), j) for i in canonical]
+    assert [kmer_string(int(i), j) for i in partner] == [reverse_complement(s) for s in strings]
+    assert all(s <= reverse_complement(s) for s in strings)  # the smaller of each pair (A < C < G < T)
+    every = {min(s, reverse_complement(s)) for s in (kmer_string(i, j) for i in range(4 ** j))}
+    assert set(strings) == every and len(strings) == len(every)  # each pair once, palindromes included
+    assert kmer_feature_count(j, both_strands=True) - kmer_feature_count(j - 1, both_strands=True) == len(every)
+
+
+@pytest.mark.parametrize("k", [1, 3, 4])
+def test_both_strand_features_are_the_baselines_both_strand_spectrum(k):
+    """An independent count: the k-mer baseline's ``both_strands`` spectrum (numpy, counts of each
+    k-mer plus its reverse complement's), read at the canonical k-mers, as enrichment."""
+    rng = np.random.default_rng(k)
+    sequences = SEQUENCES[:2] + SEQUENCES[3:] + ["".join(rng.choice(list("ACGTN"), size=int(n)))
+                                                 for n in rng.integers(k, 60, 20)]
+    got = kmer_enrichment(padded_tokens(sequences), k, both_strands=True).numpy()
+    assert got.shape == (len(sequences), kmer_feature_count(k, both_strands=True))
+    spectrum = KmerSpectrum(k=k, both_strands=True).fit(sequences).transform(sequences)
+    offset, expected = 0, []
+    for j in range(1, k + 1):
+        expected.append(spectrum[:, offset + canonical_kmers(j)[0].numpy()] * 4 ** j - 1)
+        offset += 4 ** j
+    np.testing.assert_allclose(got, np.hstack(expected), atol=1e-5)
+
+
+def test_both_strand_path_scores_a_sequence_and_its_reverse_complement_alike():
+    torch.manual_seed(0)
+    sequences = ["ACGTTGACCATGGAAC", "TTTTTGGGCA", "ACGNNTTAGC"]
+    both, forward = SequenceKmerPath(4, 2, both_strands=True), SequenceKmerPath(4, 2)
+    for path in (both, forward):
+        torch.nn.init.normal_(path.linear.weight)
+    tokens, flipped = padded_tokens(sequences), padded_tokens([reverse_complement(s) for s in sequences])
+    with torch.no_grad():
+        torch.testing.assert_close(both(tokens), both(flipped))
+        assert not torch.allclose(forward(tokens), forward(flipped))  # one strand: not the same
+    assert both.linear.in_features == 4 // 2 + 10 + 32 + 136 < forward.linear.in_features == 4 + 16 + 64 + 256
 
 
 def test_a_mask_token_counts_as_no_base():
@@ -164,3 +215,39 @@ def test_the_codon_path_goes_only_where_the_config_says():
     assert subset.heads["splice"].kmers is None
     with pytest.raises(ModelConfigError, match="codon_frames"):
         config(codon_frames="coding")
+
+
+def test_both_strand_counting_goes_only_where_the_config_says():
+    from common.model import ModelConfigError
+
+    model = GenomicTransformer(config(kmer_linear=3, kmer_both_strands=["enhancer"]),
+                               tasks=("promoter", "enhancer", "splice"))
+    assert model.heads["enhancer"].kmers.both_strands and not model.heads["promoter"].kmers.both_strands
+    assert model.heads["enhancer"].kmers.linear.in_features == kmer_feature_count(3, both_strands=True)
+    every = GenomicTransformer(config(kmer_linear=3, kmer_both_strands=True), tasks=("promoter", "splice"))
+    assert every.heads["promoter"].kmers.both_strands  # every sequence head; the window path has no strands option
+    assert ModelConfig.from_dict(config(kmer_linear=3, kmer_both_strands=["enhancer"]).to_dict()
+                                 ).kmer_both_strands == ("enhancer",)  # JSON round trip
+    for wrong in (["splice"], ["enchancer"]):  # per-position, or no task's name
+        with pytest.raises(ModelConfigError, match="kmer_both_strands"):
+            GenomicTransformer(config(kmer_linear=3, kmer_both_strands=wrong), tasks=("promoter", "splice"))
+    for options in ({"kmer_both_strands": True}, {"kmer_linear": {"promoter": 4}, "kmer_both_strands": ["enhancer"]},
+                    {"kmer_linear": 3, "kmer_both_strands": "enhancer"}):
+        with pytest.raises(ModelConfigError, match="kmer_both_strands"):  # no path to apply it to; not a list
+            config(**options)
+
+
+def test_a_both_strand_model_round_trips_through_a_checkpoint_and_says_so_on_its_card(tmp_path):
+    from common.checkpoint import load_model
+    from common.model_card import basic_card
+
+    torch.manual_seed(0)
+    cfg = config(kmer_linear={"promoter": 4, "enhancer": 3}, kmer_both_strands=["enhancer"])
+    model = GenomicTransformer(cfg, tasks=("promoter", "enhancer")).eval()
+    torch.nn.init.normal_(model.heads["enhancer"].kmers.linear.weight)
+    loaded, _ = load_model(model.save_pretrained(tmp_path / "ckpt"))
+    tokens = padded_tokens(["ACGTTGACCATGGAAC", "TTTTTGGGCA"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens, "enhancer").logits, model(tokens, "enhancer").logits)
+    card = basic_card(model_config=cfg, tasks=("promoter", "enhancer"), round=0, state={})
+    assert "linear k-mer paths (enhancer: k = 1..3, both strands, promoter: k = 1..4)" in card
