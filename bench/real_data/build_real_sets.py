@@ -638,7 +638,8 @@ def build_pum2(out: Path, cache: Path, seed: int) -> dict:
             "tasks": {"enhancer": {
                 "window": "101 nt around eCLIP peaks (RNA sequence written as DNA, U->T)",
                 "positives": "binding_site TRUE (PUM2 eCLIP peak)", "negatives": "binding_site FALSE",
-                "note": "the 'enhancer' task is reused as a generic binding-site task; labels unbalanced",
+                "note": "the 'enhancer' task is reused as a generic binding-site task; labels unbalanced; "
+                        "RNA binding has a strand: train with model.kmer_both_strands off for this head",
                 "splits": counts}},
             "split_rule": "the authors' split (by chromosome) from PUM2_{train,valid,test}.csv; exact "
                           "duplicate sequences dropped after their first appearance (train first)",
