@@ -30,7 +30,7 @@ def _front_matter(tasks: Sequence[str], species: Sequence[str]) -> list[str]:
 
 def _kmer_paths(c: ModelConfig) -> str:
     def path(task: str | None, k: int) -> str:
-        strands = c.kmer_both_strands is True or (task is not None and c.applies("kmer_both_strands", task))
+        strands = c.applies("kmer_both_strands", task) if task else c.kmer_both_strands is True
         return f"{task + ': ' if task else ''}k = 1..{k}{', both strands' if strands else ''}"
 
     if isinstance(c.kmer_linear, dict):
