@@ -44,7 +44,7 @@ from client.agent import InstitutionAgent  # noqa: E402
 from common.analysis.baselines import run_baseline  # noqa: E402
 from common.analysis.dp_baselines import DPSettings, run_dp_baseline  # noqa: E402
 from common.checkpoint import start_from  # noqa: E402
-from common.config import InstitutionConfig, PrivacyConfig, load_federation  # noqa: E402
+from common.config import InstitutionConfig, PrivacyConfig, TrainingConfig, load_federation, parse_config  # noqa: E402
 from common.data.dataset import GenomicDataset, Record  # noqa: E402
 from common.data.readers import load_dataset  # noqa: E402
 from common.data.writers import write_split_tables  # noqa: E402
@@ -159,8 +159,9 @@ def main() -> int:
     config = load_federation(args.config)
     training = {key: getattr(args, key) for key in ("local_epochs", "learning_rate") if getattr(args, key)}
     training.update(parse_overrides(args.training))
-    if training:  # validated as the config file's training section is
-        config = config.model_copy(update={"training": type(config.training)(**{**config.training.model_dump(), **training})})
+    if training:  # validated as the config file's training section is, a bad value named
+        config = config.model_copy(update={"training": parse_config(
+            {**config.training.model_dump(), **training}, TrainingConfig, source="--training")})
     if args.model:
         model = {**config.model.to_dict(), **parse_overrides(args.model)}
         config = config.model_copy(update={"model": type(config.model).from_dict(model)})

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from common.data.importing import SplitConfig
 from common.data.sources import TaskSource
-from common.model import ModelConfig
+from common.model import PER_TASK_OPTIONS, ModelConfig
 from common.protocol import RunConfigKey
 from common.tasks import TASK_NAME_PATTERN, TASK_NAMES, TASKS, declare_tasks
 
@@ -334,9 +334,8 @@ class FederationConfig(StrictModel):
             raise ValueError("aggregation.secure needs federation.min_train_institutions >= 2: a sum of one "
                              "update is that update")
         _declare(self.task_declarations, self.tasks, where="")
-        for option in ("codon_frames", "kmer_both_strands", "kmer_linear"):
-            value = getattr(self.model, option)
-            foreign = sorted(set(value) - set(self.tasks)) if isinstance(value, tuple | dict) else []
+        for option in PER_TASK_OPTIONS:
+            foreign = sorted(set(self.model.named_tasks(option)) - set(self.tasks))
             if foreign:
                 raise ValueError(f"model.{option}: {foreign} are not federation tasks {list(self.tasks)}")
         for institution in self.institutions:

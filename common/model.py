@@ -40,6 +40,8 @@ class ModelConfigError(ValueError):
 
 Pooling = Literal["mean", "mean_max"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
+# Options set per task: a mapping task -> value, or true/false or a list of tasks (ModelConfig.named_tasks).
+PER_TASK_OPTIONS = ("codon_frames", "kmer_both_strands", "kmer_linear")
 
 
 def _is_k(value) -> bool:
@@ -123,10 +125,9 @@ class ModelConfig:
                 object.__setattr__(self, name, tuple(value))
             elif not isinstance(value, bool):
                 raise ModelConfigError(f"model.{name}: expected true, false or task names, got {value!r}")
-        if isinstance(self.kmer_both_strands, tuple):
-            pathless = [t for t in self.kmer_both_strands if not self.kmer_k(t)]
-        else:
-            pathless = ["every task"] if self.kmer_both_strands and not self.kmer_linear else []
+        pathless = [t for t in self.named_tasks("kmer_both_strands") if not self.kmer_k(t)]
+        if self.kmer_both_strands is True and not self.kmer_linear:
+            pathless = ["every task"]
         if pathless:
             raise ModelConfigError(f"model.kmer_both_strands: no k-mer path (model.kmer_linear) to count on both "
                                    f"strands for {pathless}")
@@ -140,6 +141,12 @@ class ModelConfig:
         if isinstance(self.kmer_linear, dict):
             return self.kmer_linear.get(task, 0)
         return self.kmer_linear
+
+    def named_tasks(self, option: str) -> tuple[str, ...]:
+        """The tasks a per-task option (:data:`PER_TASK_OPTIONS`) names: a mapping's keys or a list's
+        entries; none when it is one value for every task (true, false, a single k)."""
+        value = getattr(self, option)
+        return tuple(value) if isinstance(value, tuple | dict) else ()
 
     def applies(self, option: str, task: str) -> bool:
         """Whether a per-task option set to true or to a list of tasks (``codon_frames``,
@@ -369,9 +376,7 @@ class GenomicTransformer(nn.Module):
         # Per-task options may name tasks this model has no head for (one institution's model of a
         # federation's tasks, `helixfed train`): ignored here; the federation's config checks them
         # against its tasks. A name no task has is a typo either way.
-        named = {"codon_frames": config.codon_frames if isinstance(config.codon_frames, tuple) else (),
-                 "kmer_both_strands": config.kmer_both_strands if isinstance(config.kmer_both_strands, tuple) else (),
-                 "kmer_linear": tuple(config.kmer_linear) if isinstance(config.kmer_linear, dict) else ()}
+        named = {option: config.named_tasks(option) for option in PER_TASK_OPTIONS}
         for option, tasks_named in named.items():
             for name in tasks_named:
                 try:
