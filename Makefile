@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # On every core (at most 4): the Flower end-to-end tests spend much of their time waiting on
-# processes they started, so the unit tests fill the gaps (2 cores: 7-11 minutes instead of 14).
+# processes they started, so the unit tests fill the gaps (2 cores: 6-11 minutes instead of 14).
 test: $(STAMP)
 	$(BIN)/python -m pytest -n auto --maxprocesses 4
 
