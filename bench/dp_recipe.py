@@ -5,7 +5,7 @@ baseline, centralized non-DP training and a federation of institutions under DP,
         [--rounds 6] [--epsilons 8 3] [--config configs/demo.yaml] [--init-checkpoint CKPT]
         [--variants scratch/all pretrained/all pretrained/heads pretrained/lora] [--out FILE.md]
         [--centralized-epochs N] [--skip-centralized | --skip-federated] [--local-epochs E] [--learning-rate LR]
-        [--model KEY=VALUE ...] [--training KEY=VALUE ...]
+        [--model KEY=VALUE ...] [--training KEY=VALUE ...] [--metric auroc]
 
 DIR holds ``<task>/{train,val,test}.tsv`` (a real set from bench/real_data/build_real_sets.py, or one
 institution's generated data). The training split is dealt at random into ``--institutions``
@@ -71,8 +71,13 @@ def deal(datasets: dict[str, GenomicDataset], k: int, seed: int) -> list[dict[st
     return shares
 
 
+# What each table cell reports: every task's headline metric unless ``--metric`` names another
+# (e.g. ``auroc``, to tell a ranking gap from a threshold one under MCC).
+METRIC: str | None = None
+
+
 def head(task: str, metrics: dict) -> float:
-    return float(metrics[get_task(task).headline_metric])
+    return float(metrics[METRIC or get_task(task).headline_metric])
 
 
 def federate(config, shares, test, *, epsilon, rounds, variant, init_checkpoint, work: Path) -> dict[str, float]:
@@ -110,8 +115,9 @@ def federate(config, shares, test, *, epsilon, rounds, variant, init_checkpoint,
         weights, _ = aggregate(updates, previous)
         model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
     epsilon_spent = max(agent.epsilon() for agent in agents)
-    scores = {task: head(task, evaluate(model, data, batch_size=128)) for task, data in test.items()}
-    return {**scores, "epsilon": epsilon_spent}
+    metrics = {task: evaluate(model, data, batch_size=128) for task, data in test.items()}
+    print(f"ε={epsilon:g} {variant}: every test metric {metrics}", flush=True)
+    return {**{task: head(task, m) for task, m in metrics.items()}, "epsilon": epsilon_spent}
 
 
 def centralized(config, train, test, *, epochs: int) -> dict[str, float]:
@@ -153,8 +159,12 @@ def main() -> int:
     parser.add_argument("--centralized-epochs", type=int, default=None,
                         help="epochs of the centralized run (default: the federation's rounds x local epochs)")
     parser.add_argument("--skip-federated", action="store_true", help="baselines and centralized only")
+    parser.add_argument("--metric", default=None,
+                        help="report this metric (e.g. auroc, auprc) instead of each task's headline metric")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    global METRIC
+    METRIC = args.metric
     torch.set_num_threads(1)
     config = load_federation(args.config)
     training = {key: getattr(args, key) for key in ("local_epochs", "learning_rate") if getattr(args, key)}
