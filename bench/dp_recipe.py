@@ -49,6 +49,7 @@ from common.data.dataset import GenomicDataset, Record  # noqa: E402
 from common.data.readers import load_dataset  # noqa: E402
 from common.data.writers import write_split_tables  # noqa: E402
 from common.evaluation import evaluate  # noqa: E402
+from common.metrics import metric_keys  # noqa: E402
 from common.model import GenomicTransformer  # noqa: E402
 from common.tasks import get_task  # noqa: E402
 from server.aggregation import Update, aggregate  # noqa: E402
@@ -165,6 +166,9 @@ def main() -> int:
     args = parser.parse_args()
     global METRIC
     METRIC = args.metric
+    for task in args.tasks:  # a typo is named now, not as a KeyError after the runs
+        if METRIC and METRIC not in metric_keys(get_task(task)):
+            parser.error(f"--metric: {task} has no metric {METRIC!r}; it has {', '.join(metric_keys(get_task(task)))}")
     torch.set_num_threads(1)
     config = load_federation(args.config)
     training = {key: getattr(args, key) for key in ("local_epochs", "learning_rate") if getattr(args, key)}
