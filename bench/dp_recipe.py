@@ -72,16 +72,14 @@ def deal(datasets: dict[str, GenomicDataset], k: int, seed: int) -> list[dict[st
     return shares
 
 
-# What each table cell reports: every task's headline metric unless ``--metric`` names another
-# (e.g. ``auroc``, to tell a ranking gap from a threshold one under MCC).
-METRIC: str | None = None
+def head(task: str, metrics: dict, metric: str | None = None) -> float:
+    """The table's cell: ``metric`` (``--metric``, e.g. ``auroc`` to tell a ranking gap from a
+    threshold one under MCC), else the task's headline metric."""
+    return float(metrics[metric or get_task(task).headline_metric])
 
 
-def head(task: str, metrics: dict) -> float:
-    return float(metrics[METRIC or get_task(task).headline_metric])
-
-
-def federate(config, shares, test, *, epsilon, rounds, variant, init_checkpoint, work: Path) -> dict[str, float]:
+def federate(config, shares, test, *, epsilon, rounds, variant, init_checkpoint, work: Path,
+             metric: str | None = None) -> dict[str, float]:
     """``rounds`` rounds of the institutions' DP training and FedAvg; the final model's test metrics."""
     start, mode = variant.split("/")
     model_config = config.model
@@ -118,10 +116,10 @@ def federate(config, shares, test, *, epsilon, rounds, variant, init_checkpoint,
     epsilon_spent = max(agent.epsilon() for agent in agents)
     metrics = {task: evaluate(model, data, batch_size=128) for task, data in test.items()}
     print(f"ε={epsilon:g} {variant}: every test metric {metrics}", flush=True)
-    return {**{task: head(task, m) for task, m in metrics.items()}, "epsilon": epsilon_spent}
+    return {**{task: head(task, m, metric) for task, m in metrics.items()}, "epsilon": epsilon_spent}
 
 
-def centralized(config, train, test, *, epochs: int) -> dict[str, float]:
+def centralized(config, train, test, *, epochs: int, metric: str | None = None) -> dict[str, float]:
     from client.trainer import seed_everything, train_round
 
     torch.manual_seed(config.seed)
@@ -131,7 +129,7 @@ def centralized(config, train, test, *, epochs: int) -> dict[str, float]:
         seed_everything(training.seed + epoch)
         train_round(model, train, training=training, dp=False, noise_multiplier=0.0, max_grad_norm=1.0,
                     accountant="rdp", device=torch.device("cpu"), progress=((epoch - 1) / epochs, epoch / epochs))
-    return {task: head(task, evaluate(model, data, batch_size=128)) for task, data in test.items()}
+    return {task: head(task, evaluate(model, data, batch_size=128), metric) for task, data in test.items()}
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -164,11 +162,10 @@ def main() -> int:
                         help="report this metric (e.g. auroc, auprc) instead of each task's headline metric")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    global METRIC
-    METRIC = args.metric
-    for task in args.tasks:  # a typo is named now, not as a KeyError after the runs
-        if METRIC and METRIC not in metric_keys(get_task(task)):
-            parser.error(f"--metric: {task} has no metric {METRIC!r}; it has {', '.join(metric_keys(get_task(task)))}")
+    metric = args.metric
+    for task in args.tasks if metric else ():  # a typo is named now, not as a KeyError after the runs
+        if metric not in (keys := metric_keys(get_task(task))):
+            parser.error(f"--metric: {task} has no metric {metric!r}; it has {', '.join(keys)}")
     torch.set_num_threads(1)
     config = load_federation(args.config)
     training = {key: getattr(args, key) for key in ("local_epochs", "learning_rate") if getattr(args, key)}
@@ -187,22 +184,22 @@ def main() -> int:
     shares = deal(train, args.institutions, seed=0)
     rows: dict[str, dict[str, float]] = {}
     started = time.monotonic()
-    rows["k-mer (pooled, no DP)"] = {t: head(t, run_baseline(train[t], test[t], task=t, method="kmer")) for t in args.tasks}
+    rows["k-mer (pooled, no DP)"] = {t: head(t, run_baseline(train[t], test[t], task=t, method="kmer"), metric) for t in args.tasks}
     for eps in args.epsilons:
         one_site = {t: GenomicDataset(shares[0][t], task=t, max_len=max_len) for t in args.tasks}
         rows[f"DP k-mer, one site, ε={eps:g}"] = {
-            t: head(t, run_dp_baseline(one_site[t], test[t], task=t, settings=DPSettings(epsilon=eps)))
+            t: head(t, run_dp_baseline(one_site[t], test[t], task=t, settings=DPSettings(epsilon=eps)), metric)
             for t in args.tasks}
     print(rows, flush=True)
     epochs = args.centralized_epochs or max(1, round(args.rounds * config.training.local_epochs))
     if not args.skip_centralized:
-        rows[f"transformer centralized, no DP ({epochs} epochs)"] = centralized(config, train, test, epochs=epochs)
+        rows[f"transformer centralized, no DP ({epochs} epochs)"] = centralized(config, train, test, epochs=epochs, metric=metric)
         print(rows, flush=True)
     with tempfile.TemporaryDirectory(prefix="dp-recipe-") as work:
         for variant in [] if args.skip_federated else args.variants:
             for eps in args.epsilons:
                 scores = federate(config, shares, test, epsilon=eps, rounds=args.rounds, variant=variant,
-                                  init_checkpoint=args.init_checkpoint, work=Path(work))
+                                  init_checkpoint=args.init_checkpoint, work=Path(work), metric=metric)
                 rows[f"federated {args.institutions} sites, {variant}, ε={eps:g} (spent {scores.pop('epsilon'):.2f})"] = scores
                 print(variant, eps, scores, f"{time.monotonic() - started:.0f}s", flush=True)
     table = ["| model | " + " | ".join(args.tasks) + " |", "|---|" + "---|" * len(args.tasks)]
