@@ -10,6 +10,7 @@ logits, so the model starts where the k-mer baseline ends and the backbone learn
   (``f·4^j − 1``), the DP k-mer baseline's features (``4 + 16 + … + 4^k`` inputs); with
   ``model.kmer_both_strands`` each k-mer is counted together with its reverse complement, one input
   per pair: about half the inputs, for signals that sit on either strand (TF sites in enhancers);
+  with ``model.kmer_norm`` each record's features are scaled to a fixed L2 norm (DP clipping, below);
 * per-position tasks: a convolution over the one-hot mono- and dinucleotides of a window around
   each base (a weighted-degree model with k ≤ 2, the DP splice baseline);
 * ``model.codon_frames: true`` adds, beside every sequence head, a linear model on the codon usage of
@@ -19,6 +20,12 @@ logits, so the model starts where the k-mer baseline ends and the backbone learn
 Both are computed from the tokens inside ``forward`` (no parameters, nothing to ship) and feed only
 nn.Linear / nn.Conv1d, which Opacus has per-sample gradient samplers for. Their weights start at
 zero, so a fresh path changes nothing until training moves it.
+
+Under DP-SGD a record's gradient is clipped to norm C as a whole. The raw enrichment of a 100-200 bp
+record has norm 20-130 (k = 4-5), so the path's gradient ``(p - y) * x`` is far above C until the
+record is fit to within a few per cent: every record is clipped at full length, the path takes nearly
+all of the clipped gradient, and the model grows overconfident. Scaled to a norm near C
+(``model.kmer_norm``) the path's gradient fades as a record is fit and the network gets its share.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import torch.nn.functional as F
 from common.tokenizer import A_ID, C_ID, G_ID, T_ID, VOCAB_SIZE
 
 MAX_KMER = 6
+MAX_KMER_NORM = 1000.0  # far above any useful scale (raw features: 20-130); keeps a config's value sane
 N_CODE = 4  # bases are coded A0 C1 G2 T3; N, padding, mask and cls are 4 (no base)
 # A per-position window reaches 25 bases upstream of a base (the acceptor matrix's 24 bases before
 # its anchor, plus one) and 10 downstream (the donor's 6 after its anchor, plus a margin): both splice
@@ -96,19 +104,26 @@ def kmer_feature_count(k: int, both_strands: bool = False) -> int:
 
 class SequenceKmerPath(nn.Module):
     """Class logits ``[B, C]`` from a linear model on the record's k-mer enrichment (``both_strands``:
-    on canonical k-mers, see :func:`kmer_enrichment`)."""
+    on canonical k-mers, see :func:`kmer_enrichment`); ``norm > 0``: each record's feature vector
+    scaled to that L2 norm (``model.kmer_norm``), so its per-record gradient is ``|p - y| * norm``
+    at most, whatever k and the window's length."""
 
-    def __init__(self, k: int, num_classes: int, both_strands: bool = False):
+    def __init__(self, k: int, num_classes: int, both_strands: bool = False, *, norm: float = 0.0):
         super().__init__()
         if not 1 <= k <= MAX_KMER:
             raise ValueError(f"k-mer path: expected 1 <= k <= {MAX_KMER}, got {k}")
-        self.k, self.both_strands = k, both_strands
+        if not 0.0 <= norm <= MAX_KMER_NORM:
+            raise ValueError(f"k-mer path: expected 0 <= norm <= {MAX_KMER_NORM:g}, got {norm}")
+        self.k, self.both_strands, self.norm = k, both_strands, norm
         self.linear = nn.Linear(kmer_feature_count(k, both_strands), num_classes)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.linear(kmer_enrichment(tokens, self.k, both_strands=self.both_strands))
+        features = kmer_enrichment(tokens, self.k, both_strands=self.both_strands)
+        if self.norm:  # a record with no k-mer at all (all N) has the -1 vector: never zero
+            features = features * (self.norm / features.norm(dim=1, keepdim=True).clamp(min=1e-6))
+        return self.linear(features)
 
 
 def frame_codon_usage(tokens: torch.Tensor) -> torch.Tensor:

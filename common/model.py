@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import ConfigDict
 
 from common.finetuning import add_lora, trainable_names
-from common.kmer_paths import MAX_KMER, FrameCodonPath, SequenceKmerPath, WindowKmerPath
+from common.kmer_paths import MAX_KMER, MAX_KMER_NORM, FrameCodonPath, SequenceKmerPath, WindowKmerPath
 from common.tasks import TASK_NAMES, get_task
 from common.tokenizer import PAD_ID, VOCAB_SIZE
 
@@ -41,7 +41,7 @@ class ModelConfigError(ValueError):
 Pooling = Literal["mean", "mean_max"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 # Options set per task: a mapping task -> value, or true/false or a list of tasks (ModelConfig.named_tasks).
-PER_TASK_OPTIONS = ("codon_frames", "kmer_both_strands", "kmer_linear")
+PER_TASK_OPTIONS = ("codon_frames", "kmer_both_strands", "kmer_linear", "kmer_norm")
 
 
 def _is_k(value) -> bool:
@@ -78,6 +78,14 @@ class ModelConfig:
     # masked max of every channel: a motif's presence anywhere, as a convolutional motif scanner sees it,
     # which a mean over 100-200 bases dilutes; bench/results/dp_recipe.md measures it under DP)
     pooling: Pooling = "mean"
+    # > 0: each record's k-mer features (a sequence head's path) are scaled to this L2 norm; or a mapping
+    # task -> norm (0 or absent: the raw enrichment, norm 20-130 at k = 4-5). Why: under DP clipping at
+    # C = 1 a raw path's per-record gradient is 10-100x C, so every record is clipped at full length
+    # until it is fit to within ~1 % and the path takes nearly all of the clipped gradient. Near C the
+    # path's gradient fades as a record is fit (as a logistic regression's does) and the network gets
+    # its share. Small norms suit tasks the network carries (position: promoter), larger ones tasks the
+    # k-mers carry (binding motifs): bench/results/dp_recipe.md, ninth session.
+    kmer_norm: float | dict[str, float] = 0.0
 
     # Read by pydantic when this dataclass sits inside a config file's schema: no unknown keys.
     __pydantic_config__ = ConfigDict(extra="forbid")
@@ -114,6 +122,7 @@ class ModelConfig:
         elif not _is_k(self.kmer_linear):
             raise ModelConfigError(f"model.kmer_linear: expected 0 (off), 1..{MAX_KMER} or a mapping task -> k, "
                                    f"got {self.kmer_linear!r}")
+        self._check_kmer_norm()
         for name in ("codon_phase", "hierarchical"):
             if not isinstance(getattr(self, name), bool):
                 raise ModelConfigError(f"model.{name}: expected true or false, got {getattr(self, name)!r}")
@@ -136,11 +145,34 @@ class ModelConfig:
         if self.epigenetic_tracks < 0:
             raise ModelConfigError(f"model.epigenetic_tracks: expected >= 0, got {self.epigenetic_tracks!r}")
 
+    def _check_kmer_norm(self) -> None:
+        def is_norm(value) -> bool:
+            return (isinstance(value, int | float) and not isinstance(value, bool)
+                    and math.isfinite(value) and 0 <= value <= MAX_KMER_NORM)
+
+        expected = f"0 (off), a norm in (0, {MAX_KMER_NORM:g}] or a mapping task -> norm"
+        if isinstance(self.kmer_norm, Mapping):
+            if not all(isinstance(t, str) and is_norm(v) for t, v in self.kmer_norm.items()):
+                raise ModelConfigError(f"model.kmer_norm: expected {expected}, got {dict(self.kmer_norm)!r}")
+            object.__setattr__(self, "kmer_norm", {t: float(v) for t, v in sorted(self.kmer_norm.items())})
+        elif not is_norm(self.kmer_norm):
+            raise ModelConfigError(f"model.kmer_norm: expected {expected}, got {self.kmer_norm!r}")
+        pathless = [t for t, v in (self.kmer_norm.items() if isinstance(self.kmer_norm, dict) else ())
+                    if v and not self.kmer_k(t)]
+        if pathless:
+            raise ModelConfigError(f"model.kmer_norm: no k-mer path (model.kmer_linear) to scale for {pathless}")
+
     def kmer_k(self, task: str) -> int:
         """The k of ``task``'s head's k-mer path (0: none)."""
         if isinstance(self.kmer_linear, dict):
             return self.kmer_linear.get(task, 0)
         return self.kmer_linear
+
+    def kmer_norm_of(self, task: str) -> float:
+        """The L2 norm ``task``'s k-mer features are scaled to (0: raw enrichment)."""
+        if isinstance(self.kmer_norm, dict):
+            return self.kmer_norm.get(task, 0.0)
+        return float(self.kmer_norm)
 
     def named_tasks(self, option: str) -> tuple[str, ...]:
         """The tasks a per-task option (:data:`PER_TASK_OPTIONS`) names: a mapping's keys or a list's
@@ -328,13 +360,15 @@ class SequenceHead(nn.Module):
     ``model.codon_frames``)."""
 
     def __init__(self, d_model: int, num_classes: int, dropout: float, kmer_linear: int = 0,
-                 codon_frames: bool = False, pooling: str = "mean", *, kmer_both_strands: bool = False):
+                 codon_frames: bool = False, pooling: str = "mean", *, kmer_both_strands: bool = False,
+                 kmer_norm: float = 0.0):
         super().__init__()
         self.pooling = pooling
         width = 2 * d_model if pooling == "mean_max" else d_model
         self.mlp = nn.Sequential(nn.Linear(width, d_model // 2), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(d_model // 2, num_classes))
-        self.kmers = SequenceKmerPath(kmer_linear, num_classes, kmer_both_strands) if kmer_linear else None
+        self.kmers = (SequenceKmerPath(kmer_linear, num_classes, kmer_both_strands, norm=kmer_norm)
+                      if kmer_linear else None)
         self.codons = FrameCodonPath(num_classes) if codon_frames else None
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -383,7 +417,8 @@ class GenomicTransformer(nn.Module):
                     get_task(name)
                 except ValueError as err:
                     raise ModelConfigError(f"model.{option}: {err}") from None
-        for option, path in (("codon_frames", "the codon path"), ("kmer_both_strands", "a canonical k-mer path")):
+        for option, path in (("codon_frames", "the codon path"), ("kmer_both_strands", "a canonical k-mer path"),
+                             ("kmer_norm", "the scaled k-mer path")):
             wrong = [t for t in named[option] if t in self.tasks and get_task(t).per_position]
             if wrong:
                 raise ModelConfigError(f"model.{option}: {wrong} are per-position tasks; {path} scores whole "
@@ -403,7 +438,8 @@ class GenomicTransformer(nn.Module):
             return PositionHead(cfg.d_model, spec.num_classes, cfg.kmer_k(task))
         return SequenceHead(cfg.d_model, spec.num_classes, cfg.dropout, cfg.kmer_k(task),
                             cfg.applies("codon_frames", spec.name), cfg.pooling,
-                            kmer_both_strands=cfg.applies("kmer_both_strands", spec.name))
+                            kmer_both_strands=cfg.applies("kmer_both_strands", spec.name),
+                            kmer_norm=cfg.kmer_norm_of(spec.name))
 
     def encode(self, tokens: torch.Tensor, tracks: torch.Tensor | None = None) -> torch.Tensor:
         """The backbone alone: ``tokens [B, L]`` -> the final-normed per-base representation

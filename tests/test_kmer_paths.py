@@ -251,3 +251,64 @@ def test_a_both_strand_model_round_trips_through_a_checkpoint_and_says_so_on_its
         torch.testing.assert_close(loaded(tokens, "enhancer").logits, model(tokens, "enhancer").logits)
     card = basic_card(model_config=cfg, tasks=("promoter", "enhancer"), round=0, state={})
     assert "linear k-mer paths (enhancer: k = 1..3, both strands, promoter: k = 1..4)" in card
+
+
+@pytest.mark.parametrize("k, both_strands", [(2, False), (4, False), (5, True)])
+def test_a_scaled_path_bounds_each_records_gradient_whatever_k_and_length(k, both_strands):
+    """model.kmer_norm: the raw features' norm grows with k and falls with length (20-130 for
+    100-200 bp at k = 4-5), so a raw path's per-record gradient is far above a clipping norm of 1;
+    scaled, the weight's gradient is exactly ||p - y|| * norm for every record (all-N included)."""
+    norm = 3.0
+    raw = SequenceKmerPath(k, 2, both_strands)
+    scaled = SequenceKmerPath(k, 2, both_strands, norm=norm)
+    random_160bp = "".join(np.random.default_rng(0).choice(list("ACGT"), size=160))
+    tokens = padded_tokens(SEQUENCES + [random_160bp])
+    labels = torch.tensor([0, 1, 0, 1, 1, 0])
+    raw_norms, scaled_norms = [], []
+    for path, norms in ((raw, raw_norms), (scaled, scaled_norms)):
+        for row in range(len(tokens)):
+            path.zero_grad()
+            torch.nn.functional.cross_entropy(path(tokens[row : row + 1]), labels[row : row + 1]).backward()
+            norms.append(path.linear.weight.grad.norm().item())
+    # a fresh path predicts 1/2 for both classes: ||p - y|| = sqrt(1/2)
+    np.testing.assert_allclose(scaled_norms, norm * 0.5 ** 0.5, rtol=1e-5)
+    if k >= 4:  # what the option is for: a 160 bp record's raw 4- and 5-mer counts are sparse, their norm large
+        assert raw_norms[-1] > 10  # far above a clipping norm of 1
+    features = kmer_enrichment(tokens, k, both_strands=both_strands)
+    with torch.no_grad():  # the same linear model on the rescaled features: only the scale changed
+        torch.nn.init.normal_(scaled.linear.weight)
+        expected = torch.nn.functional.linear(features * (norm / features.norm(dim=1, keepdim=True)),
+                                              scaled.linear.weight, scaled.linear.bias)
+        torch.testing.assert_close(scaled(tokens), expected)
+
+
+def test_the_feature_norm_goes_only_where_the_config_says_and_survives_a_checkpoint(tmp_path):
+    from common.checkpoint import load_model
+    from common.model import ModelConfigError
+    from common.model_card import basic_card
+
+    cfg = config(kmer_linear={"promoter": 4, "enhancer": 3, "splice": 2}, kmer_norm={"promoter": 2, "enhancer": 8.5})
+    model = GenomicTransformer(cfg, tasks=("promoter", "enhancer", "splice", "coding")).eval()
+    assert model.heads["promoter"].kmers.norm == 2.0 and model.heads["enhancer"].kmers.norm == 8.5
+    assert model.heads["coding"].kmers is None  # no path: nothing to scale
+    every = GenomicTransformer(config(kmer_linear=3, kmer_norm=4), tasks=("promoter", "splice"))
+    assert every.heads["promoter"].kmers.norm == 4.0  # the window path of a per-position head is not scaled
+    torch.nn.init.normal_(model.heads["promoter"].kmers.linear.weight)
+    loaded, _ = load_model(model.save_pretrained(tmp_path / "ckpt"))
+    assert loaded.config.kmer_norm == {"enhancer": 8.5, "promoter": 2.0}
+    tokens = padded_tokens(["ACGTTGACCATGGAAC", "TTTTTGGGCA"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens, "promoter").logits, model(tokens, "promoter").logits)
+    card = basic_card(model_config=cfg, tasks=("promoter", "enhancer"), round=0, state={})
+    assert "enhancer: k = 1..3, norm 8.5" in card and "promoter: k = 1..4, norm 2" in card
+    for wrong, match in (({"kmer_linear": 3, "kmer_norm": -1}, "expected 0"),
+                         ({"kmer_linear": 3, "kmer_norm": float("nan")}, "expected 0"),
+                         ({"kmer_linear": 3, "kmer_norm": True}, "expected 0"),
+                         ({"kmer_linear": 3, "kmer_norm": 1e6}, "expected 0"),
+                         ({"kmer_linear": 3, "kmer_norm": {"promoter": "big"}}, "expected 0"),
+                         ({"kmer_linear": {"promoter": 4}, "kmer_norm": {"enhancer": 2}}, "no k-mer path")):
+        with pytest.raises(ModelConfigError, match=f"model.kmer_norm: {match}"):
+            config(**wrong)
+    for wrong in ({"splice": 2}, {"enchancer": 2}):  # per-position (a window path), or no task's name
+        with pytest.raises(ModelConfigError, match="model.kmer_norm"):
+            GenomicTransformer(config(kmer_linear=3, kmer_norm=wrong), tasks=("promoter", "splice"))
