@@ -33,13 +33,13 @@ def _kmer_paths(c: ModelConfig) -> str:
         strands = c.applies("kmer_both_strands", task) if task else c.kmer_both_strands is True
         norm = c.kmer_norm_of(task) if task else (0.0 if isinstance(c.kmer_norm, dict) else c.kmer_norm)
         return (f"{task + ': ' if task else ''}k = 1..{k}{', both strands' if strands else ''}"
-                f"{f', norm {norm:g}' if norm else ''}")
+                f"{f', scaled to L2 norm {norm:g}' if norm else ''}")
 
     if isinstance(c.kmer_linear, dict):
-        return "linear k-mer paths (" + ", ".join(path(t, k) for t, k in c.kmer_linear.items() if k) + ")"
+        return "linear k-mer paths (" + "; ".join(path(t, k) for t, k in c.kmer_linear.items() if k) + ")"
     if isinstance(c.kmer_both_strands, tuple) or isinstance(c.kmer_norm, dict):  # one k, per-task options
         tasks = sorted({*c.named_tasks("kmer_both_strands"), *c.named_tasks("kmer_norm")})
-        return f"linear k-mer paths ({path(None, c.kmer_linear)}; " + ", ".join(path(t, c.kmer_linear) for t in tasks) + ")"
+        return f"linear k-mer paths ({path(None, c.kmer_linear)}; " + "; ".join(path(t, c.kmer_linear) for t in tasks) + ")"
     return f"linear k-mer paths ({path(None, c.kmer_linear)})"
 
 

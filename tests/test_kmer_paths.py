@@ -250,7 +250,7 @@ def test_a_both_strand_model_round_trips_through_a_checkpoint_and_says_so_on_its
     with torch.no_grad():
         torch.testing.assert_close(loaded(tokens, "enhancer").logits, model(tokens, "enhancer").logits)
     card = basic_card(model_config=cfg, tasks=("promoter", "enhancer"), round=0, state={})
-    assert "linear k-mer paths (enhancer: k = 1..3, both strands, promoter: k = 1..4)" in card
+    assert "linear k-mer paths (enhancer: k = 1..3, both strands; promoter: k = 1..4)" in card
 
 
 @pytest.mark.parametrize("k, both_strands", [(2, False), (4, False), (5, True)])
@@ -300,7 +300,7 @@ def test_the_feature_norm_goes_only_where_the_config_says_and_survives_a_checkpo
     with torch.no_grad():
         torch.testing.assert_close(loaded(tokens, "promoter").logits, model(tokens, "promoter").logits)
     card = basic_card(model_config=cfg, tasks=("promoter", "enhancer"), round=0, state={})
-    assert "enhancer: k = 1..3, norm 8.5" in card and "promoter: k = 1..4, norm 2" in card
+    assert "enhancer: k = 1..3, scaled to L2 norm 8.5" in card and "promoter: k = 1..4, scaled to L2 norm 2" in card
     for wrong, match in (({"kmer_linear": 3, "kmer_norm": -1}, "expected 0"),
                          ({"kmer_linear": 3, "kmer_norm": float("nan")}, "expected 0"),
                          ({"kmer_linear": 3, "kmer_norm": True}, "expected 0"),
