@@ -155,12 +155,11 @@ class ModelConfig:
             if not all(isinstance(t, str) and is_norm(v) for t, v in self.kmer_norm.items()):
                 raise ModelConfigError(f"model.kmer_norm: expected {expected}, got {dict(self.kmer_norm)!r}")
             object.__setattr__(self, "kmer_norm", {t: float(v) for t, v in sorted(self.kmer_norm.items())})
+            pathless = [t for t, v in self.kmer_norm.items() if v and not self.kmer_k(t)]
+            if pathless:
+                raise ModelConfigError(f"model.kmer_norm: no k-mer path (model.kmer_linear) to scale for {pathless}")
         elif not is_norm(self.kmer_norm):
             raise ModelConfigError(f"model.kmer_norm: expected {expected}, got {self.kmer_norm!r}")
-        pathless = [t for t, v in (self.kmer_norm.items() if isinstance(self.kmer_norm, dict) else ())
-                    if v and not self.kmer_k(t)]
-        if pathless:
-            raise ModelConfigError(f"model.kmer_norm: no k-mer path (model.kmer_linear) to scale for {pathless}")
 
     def kmer_k(self, task: str) -> int:
         """The k of ``task``'s head's k-mer path (0: none)."""
