@@ -161,17 +161,19 @@ class ModelConfig:
         elif not is_norm(self.kmer_norm):
             raise ModelConfigError(f"model.kmer_norm: expected {expected}, got {self.kmer_norm!r}")
 
+    def _value_for(self, option: str, task: str):
+        """A per-task numeric option's value for ``task``: a mapping's entry (0 when absent) or the one
+        value every task shares."""
+        value = getattr(self, option)
+        return value.get(task, 0) if isinstance(value, dict) else value
+
     def kmer_k(self, task: str) -> int:
         """The k of ``task``'s head's k-mer path (0: none)."""
-        if isinstance(self.kmer_linear, dict):
-            return self.kmer_linear.get(task, 0)
-        return self.kmer_linear
+        return self._value_for("kmer_linear", task)
 
     def kmer_norm_of(self, task: str) -> float:
         """The L2 norm ``task``'s k-mer features are scaled to (0: raw enrichment)."""
-        if isinstance(self.kmer_norm, dict):
-            return self.kmer_norm.get(task, 0.0)
-        return float(self.kmer_norm)
+        return float(self._value_for("kmer_norm", task))
 
     def named_tasks(self, option: str) -> tuple[str, ...]:
         """The tasks a per-task option (:data:`PER_TASK_OPTIONS`) names: a mapping's keys or a list's
