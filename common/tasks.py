@@ -128,7 +128,8 @@ def declared_tasks(names: Sequence[str]) -> dict[str, dict]:
     return {name: task_to_dict(get_task(name)) for name in names if name not in PRESETS}
 
 
-def task_loss(task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def task_loss(task: str, logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing: float = 0.0
+              ) -> torch.Tensor:
     """Mean loss over the batch, in the per-sample form DP-SGD needs.
 
     Sequence tasks: cross-entropy per sequence, mean over the batch.
@@ -136,14 +137,17 @@ def task_loss(task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     Per-position tasks: cross-entropy averaged over each sequence's labelled bases (labels equal to
     ``IGNORE_INDEX`` are padding), then over the batch — so every sequence weighs the same whatever
     its length or the batch's token count (Opacus' ``loss_reduction="mean"`` assumes exactly this).
+    ``label_smoothing`` (training only; ``training.label_smoothing``) mixes each target with the
+    uniform distribution over the task's classes, as :func:`torch.nn.functional.cross_entropy` does.
     """
     spec = get_task(task)
     weight = None if spec.class_weights is None else logits.new_tensor(spec.class_weights)
     if not spec.per_position:  # weighted "mean" would divide by the weights' sum, not by the batch
-        return F.cross_entropy(logits, labels, weight=weight, reduction="none").mean()
+        return F.cross_entropy(logits, labels, weight=weight, reduction="none",
+                               label_smoothing=label_smoothing).mean()
     # logits [B, L, C], labels [B, L]
     per_base = F.cross_entropy(logits.transpose(1, 2), labels, weight=weight, ignore_index=IGNORE_INDEX,
-                               reduction="none")
+                               reduction="none", label_smoothing=label_smoothing)
     valid = (labels != IGNORE_INDEX).to(per_base.dtype)  # [B, L]
     per_sequence = (per_base * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1.0)  # [B]
     return per_sequence.mean()

@@ -91,6 +91,7 @@ FEDERATION_PROBES = [
     ("training.learning_rate", 0, "learning_rate"), ("training.warmup_fraction", 1.0, "warmup_fraction"),
     ("training.lr_schedule", "step", "lr_schedule"), ("training.clipping", "none", "clipping"),
     ("training.ema_decay", 1.0, "ema_decay"), ("training.trainable", "lora", "lora_rank"),
+    ("training.label_smoothing", 1.0, "label_smoothing"), ("training.label_smoothing", -0.1, "label_smoothing"),
     ("federation.rounds", 0, "federation.rounds"), ("federation.fraction_train", 0, "fraction_train"),
     ("federation.fraction_evaluate", 2, "fraction_evaluate"), ("federation.round_timeout_s", 0, "round_timeout_s"),
     ("aggregation.mode", "median", "aggregation.mode"), ("aggregation.species_weights", {"human": 0}, "> 0"),

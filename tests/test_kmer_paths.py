@@ -312,3 +312,42 @@ def test_the_feature_norm_goes_only_where_the_config_says_and_survives_a_checkpo
     for wrong in ({"splice": 2}, {"enchancer": 2}):  # per-position (a window path), or no task's name
         with pytest.raises(ModelConfigError, match="model.kmer_norm"):
             GenomicTransformer(config(kmer_linear=3, kmer_norm=wrong), tasks=("promoter", "splice"))
+
+
+def test_the_path_learning_rate_reaches_the_optimizer_only_for_its_task_and_says_so(tmp_path):
+    from client.trainer import _make_optimizer, _set_lr
+    from common.checkpoint import load_model
+    from common.config import TrainingConfig
+    from common.model import ModelConfigError
+    from common.model_card import basic_card
+
+    cfg = config(kmer_linear={"promoter": 4, "enhancer": 3, "splice": 2}, kmer_lr_scale={"promoter": 4})
+    model = GenomicTransformer(cfg, tasks=("promoter", "enhancer", "splice"))
+    training = TrainingConfig(learning_rate=0.01)
+    for task, path_rate in (("promoter", 0.04), ("enhancer", None), ("splice", None)):
+        params = dict(model.named_parameters())
+        optimizer = _make_optimizer(model, task, params, training)
+        _set_lr(optimizer, 0.005)  # a schedule's rate: the path keeps its multiple
+        rates = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+        assert len(rates) == len(params)  # every trained parameter, once
+        path = {id(p) for n, p in params.items() if n.startswith(f"heads.{task}.kmers.")}
+        assert path  # each of these heads has a path
+        assert {rates[i] for i in path} == {0.005 * (path_rate / 0.01 if path_rate else 1.0)}
+        assert {r for i, r in rates.items() if i not in path} == {0.005}
+    assert config(kmer_linear=3, kmer_lr_scale=2).kmer_lr_scale_of("splice") == 2.0
+    assert cfg.kmer_lr_scale_of("enhancer") == 1.0
+    loaded, _ = load_model(model.save_pretrained(tmp_path / "ckpt"))
+    assert loaded.config.kmer_lr_scale == {"promoter": 4.0}
+    card = basic_card(model_config=config(kmer_linear=4, kmer_lr_scale={"promoter": 4}), tasks=("promoter",),
+                      round=0, state={})
+    assert "promoter: k = 1..4, trained at 4x the learning rate" in card
+    for wrong, match in (({"kmer_linear": 3, "kmer_lr_scale": 0}, "expected a multiple"),
+                         ({"kmer_linear": 3, "kmer_lr_scale": float("inf")}, "expected a multiple"),
+                         ({"kmer_linear": 3, "kmer_lr_scale": True}, "expected a multiple"),
+                         ({"kmer_linear": 3, "kmer_lr_scale": 1000}, "expected a multiple"),
+                         ({"kmer_linear": 3, "kmer_lr_scale": {"promoter": -2}}, "expected a multiple"),
+                         ({"kmer_linear": {"promoter": 4}, "kmer_lr_scale": {"enhancer": 2}}, "no k-mer path")):
+        with pytest.raises(ModelConfigError, match=f"model.kmer_lr_scale: {match}"):
+            config(**wrong)
+    with pytest.raises(ModelConfigError, match="model.kmer_lr_scale"):
+        GenomicTransformer(config(kmer_linear=3, kmer_lr_scale={"enchancer": 2}), tasks=("promoter",))

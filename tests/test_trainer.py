@@ -133,3 +133,43 @@ def test_bf16_on_gpu_keeps_per_sample_clipping(data_dir, tmp_path):
     outcome = InstitutionAgent(config).train(fresh_model(), run_id="gpu", server_round=1)
     assert outcome.status == Status.TRAINED
     assert all(torch.isfinite(v).all() for v in outcome.weights.values())
+
+
+def test_label_smoothing_trains_on_mixed_targets_and_keeps_padding_out():
+    from common.tasks import IGNORE_INDEX, task_loss
+
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.3]])
+    labels = torch.tensor([1, 0])
+    s = 0.2  # targets: 1 - s + s/2 on the label, s/2 on the other class
+    log_p = logits.log_softmax(dim=-1)
+    target = torch.full_like(log_p, s / 2)
+    target[torch.arange(2), labels] = 1 - s + s / 2
+    expected = -(target * log_p).sum(dim=-1).mean()
+    torch.testing.assert_close(task_loss("promoter", logits, labels, label_smoothing=s), expected)
+    torch.testing.assert_close(task_loss("promoter", logits, labels, label_smoothing=0.0),
+                               torch.nn.functional.cross_entropy(logits, labels))
+    # Per-position: padded bases add nothing, smoothed or not (same loss with or without them).
+    per_base = torch.randn(1, 5, 3)
+    real = torch.tensor([[0, 1, 2]])
+    padded = torch.tensor([[0, 1, 2, IGNORE_INDEX, IGNORE_INDEX]])
+    torch.testing.assert_close(task_loss("splice", per_base, padded, label_smoothing=s),
+                               task_loss("splice", per_base[:, :3], real, label_smoothing=s))
+
+
+def test_label_smoothing_reaches_the_trainer_under_dp_and_without(data_dir, tmp_path):
+    agent = InstitutionAgent(institution(data_dir, tmp_path))
+    train = agent.data("train")
+    smoothed = TRAINING.model_copy(update={"label_smoothing": 0.3})
+    results = {}
+    for name, training in (("plain", TRAINING), ("smoothed", smoothed), ("smoothed again", smoothed)):
+        model = fresh_model()
+        torch.manual_seed(123)
+        train_round(model, train, training=training, dp=False, noise_multiplier=0.0, max_grad_norm=1.0,
+                    accountant="rdp", device=torch.device("cpu"))
+        results[name] = flat(model)
+    torch.testing.assert_close(results["smoothed"], results["smoothed again"], rtol=0, atol=0)
+    assert not torch.allclose(results["plain"], results["smoothed"])
+    # Under DP the smoothed loss is still a mean of per-record losses: Opacus clips and counts as before.
+    result = train_round(fresh_model(), train, training=smoothed, dp=True, noise_multiplier=1.0,
+                         max_grad_norm=1.0, accountant="rdp", device=torch.device("cpu"))
+    assert all(math.isfinite(t.mean_loss) and t.segments for t in result.tasks.values())
