@@ -107,19 +107,11 @@ def planned_segments(datasets: dict[str, GenomicDataset], training: TrainingConf
     return segments
 
 
-def _make_optimizer(model: GenomicTransformer, task: str, params: dict[str, torch.nn.Parameter],
-                    training: TrainingConfig) -> torch.optim.Optimizer:
-    """The optimizer over ``params``; the task's k-mer path in a group of its own whose rate is
-    ``model.kmer_lr_scale`` times the rest's. Groups change step sizes only: Opacus clips each
-    record's gradient over every group together and noises every parameter alike, so the privacy
-    accounting is the same."""
-    prefix, scale = f"heads.{task}.kmers.", model.config.kmer_lr_scale_of(task)
-    path = [p for n, p in params.items() if n.startswith(prefix)]
-    rest = [p for n, p in params.items() if not n.startswith(prefix)]
-    groups = [{"params": ps, "lr_scale": s, "lr": training.learning_rate * s} for ps, s in ((rest, 1.0), (path, scale)) if ps]
+def _make_optimizer(params: list[torch.nn.Parameter], training: TrainingConfig) -> torch.optim.Optimizer:
     if training.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=training.learning_rate, momentum=0.9, weight_decay=training.weight_decay)
-    return torch.optim.AdamW(groups, lr=training.learning_rate, weight_decay=training.weight_decay)
+        return torch.optim.SGD(params, lr=training.learning_rate, momentum=0.9,
+                               weight_decay=training.weight_decay)
+    return torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay)
 
 
 def _entropy_generator(device: torch.device | str) -> torch.Generator:
@@ -216,7 +208,7 @@ class _Steps:
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        group["lr"] = lr
 
 
 def _trained_parameters(model: GenomicTransformer, task: str, training: TrainingConfig
@@ -253,7 +245,7 @@ def train_task_dp(model: GenomicTransformer, dataset: GenomicDataset, *, trainin
                         generator=_entropy_generator("cpu"))
     engine = PrivacyEngine(accountant=accountant)
     hooks, optimizer, dp_loader = engine.make_private(
-        module=model, optimizer=_make_optimizer(model, task, params, training),
+        module=model, optimizer=_make_optimizer(list(params.values()), training),
         data_loader=loader, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
         poisson_sampling=True, grad_sample_mode="hooks", wrap_model=False,
         noise_generator=_entropy_generator(device))
@@ -309,7 +301,7 @@ def train_task_plain(model: GenomicTransformer, dataset: GenomicDataset, *, trai
     """The same local training without DP (the centralized upper bound; ``--no-dp``)."""
     task = dataset.task.name
     params = _trained_parameters(model, task, training)
-    optimizer = _make_optimizer(model, task, params, training)
+    optimizer = _make_optimizer(list(params.values()), training)
     loader = DataLoader(dataset, batch_size=training.batch_size, collate_fn=collate, shuffle=True)
     steps = _Steps(steps_per_round(examples=len(dataset), training=training), training, progress)
     taken, losses = 0, []

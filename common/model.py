@@ -41,8 +41,7 @@ class ModelConfigError(ValueError):
 Pooling = Literal["mean", "mean_max"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 # Options set per task: a mapping task -> value, or true/false or a list of tasks (ModelConfig.named_tasks).
-PER_TASK_OPTIONS = ("codon_frames", "kmer_both_strands", "kmer_linear", "kmer_lr_scale", "kmer_norm")
-MAX_KMER_LR_SCALE = 100.0
+PER_TASK_OPTIONS = ("codon_frames", "kmer_both_strands", "kmer_linear", "kmer_norm")
 
 
 def _is_k(value) -> bool:
@@ -87,13 +86,6 @@ class ModelConfig:
     # its share. Small norms suit tasks the network carries (position: promoter), larger ones tasks the
     # k-mers carry (binding motifs): bench/results/dp_recipe.md, ninth session.
     kmer_norm: float | dict[str, float] = 0.0
-    # The k-mer path's learning rate as a multiple of training.learning_rate: one number, or a mapping
-    # task -> multiple (absent: 1). Why: a path scaled to a small norm keeps its share of the clipped
-    # gradient small, but then each step moves its logits as little (Adam's step is about the rate,
-    # whatever the gradient's size): too slowly for the few dozen DP steps of a small federation. A
-    # higher rate for the path alone speeds it up without giving it the clipped gradient back, so one
-    # setting serves 1,200 and 5,000 records per site (bench/results/dp_recipe.md, tenth session).
-    kmer_lr_scale: float | dict[str, float] = 1.0
 
     # Read by pydantic when this dataclass sits inside a config file's schema: no unknown keys.
     __pydantic_config__ = ConfigDict(extra="forbid")
@@ -131,7 +123,6 @@ class ModelConfig:
             raise ModelConfigError(f"model.kmer_linear: expected 0 (off), 1..{MAX_KMER} or a mapping task -> k, "
                                    f"got {self.kmer_linear!r}")
         self._check_kmer_norm()
-        self._check_kmer_lr_scale()
         for name in ("codon_phase", "hierarchical"):
             if not isinstance(getattr(self, name), bool):
                 raise ModelConfigError(f"model.{name}: expected true or false, got {getattr(self, name)!r}")
@@ -170,22 +161,6 @@ class ModelConfig:
         elif not is_norm(self.kmer_norm):
             raise ModelConfigError(f"model.kmer_norm: expected {expected}, got {self.kmer_norm!r}")
 
-    def _check_kmer_lr_scale(self) -> None:
-        def is_scale(value) -> bool:
-            return (isinstance(value, int | float) and not isinstance(value, bool)
-                    and math.isfinite(value) and 0 < value <= MAX_KMER_LR_SCALE)
-
-        expected = f"a multiple in (0, {MAX_KMER_LR_SCALE:g}] or a mapping task -> multiple"
-        if isinstance(self.kmer_lr_scale, Mapping):
-            if not all(isinstance(t, str) and is_scale(v) for t, v in self.kmer_lr_scale.items()):
-                raise ModelConfigError(f"model.kmer_lr_scale: expected {expected}, got {dict(self.kmer_lr_scale)!r}")
-            object.__setattr__(self, "kmer_lr_scale", {t: float(v) for t, v in sorted(self.kmer_lr_scale.items())})
-            pathless = [t for t in self.kmer_lr_scale if not self.kmer_k(t)]
-            if pathless:
-                raise ModelConfigError(f"model.kmer_lr_scale: no k-mer path (model.kmer_linear) to train for {pathless}")
-        elif not is_scale(self.kmer_lr_scale):
-            raise ModelConfigError(f"model.kmer_lr_scale: expected {expected}, got {self.kmer_lr_scale!r}")
-
     def _value_for(self, option: str, task: str):
         """A per-task numeric option's value for ``task``: a mapping's entry (0 when absent) or the one
         value every task shares."""
@@ -199,11 +174,6 @@ class ModelConfig:
     def kmer_norm_of(self, task: str) -> float:
         """The L2 norm ``task``'s k-mer features are scaled to (0: raw enrichment)."""
         return float(self._value_for("kmer_norm", task))
-
-    def kmer_lr_scale_of(self, task: str) -> float:
-        """The learning rate of ``task``'s k-mer path as a multiple of the training's (1: the same)."""
-        value = self.kmer_lr_scale
-        return float(value.get(task, 1.0) if isinstance(value, dict) else value)
 
     def named_tasks(self, option: str) -> tuple[str, ...]:
         """The tasks a per-task option (:data:`PER_TASK_OPTIONS`) names: a mapping's keys or a list's

@@ -75,8 +75,7 @@ def test_bad_model_section(values, key_path, message):
 @pytest.mark.parametrize("option, value", [("kmer_linear", {"promoter": 5, "enhancer": 5}),
                                            ("codon_frames", ["coding", "enhancer"]),
                                            ("kmer_both_strands", ["enhancer"]),
-                                           ("kmer_norm", {"promoter": 2, "enhancer": 8}),
-                                           ("kmer_lr_scale", {"promoter": 4, "enhancer": 2})])
+                                           ("kmer_norm", {"promoter": 2, "enhancer": 8})])
 def test_per_task_model_options_name_federation_tasks(option, value):
     """A per-task option naming a task the federation does not train is a mistake in the file (the
     model itself ignores tasks it has no head for: one institution trains a subset)."""
