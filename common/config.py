@@ -109,7 +109,8 @@ class TrainingConfig(StrictModel):
     # Training targets 1 - s + s/K and s/K instead of 1 and 0 (Szegedy et al. 2016). Under flat clipping
     # every misfit record pushes at full length C until it is fit almost exactly, so the model grows
     # overconfident (test loss far above a logistic regression's); with smoothed targets a record
-    # fit past its target pushes back. Fixed in advance: no privacy cost. Metrics use the true labels.
+    # fit past its target pushes back. Fixed in advance: no privacy cost. The rounds' training losses are
+    # the smoothed ones (they cannot reach 0); test metrics and losses use the true labels.
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     max_len: int = Field(512, ge=1)  # longest sequence accepted from data
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast applies on CUDA only
