@@ -121,14 +121,14 @@ def _entropy_generator(device: torch.device | str) -> torch.Generator:
 
 
 def _step_loss(model: GenomicTransformer, task: str, tokens: torch.Tensor, labels: torch.Tensor,
-               autocast: contextlib.AbstractContextManager, training: TrainingConfig) -> torch.Tensor:
+               autocast: contextlib.AbstractContextManager, label_smoothing: float) -> torch.Tensor:
     with autocast:
         logits = model(tokens, task).logits
     if tokens.shape[0] == 0:
         # Poisson sampling drew no record: the step must still run (noise only, and the accountant
         # counts it), so give Opacus a zero loss with an empty per-sample batch.
         return logits.float().sum() * 0.0
-    return task_loss(task, logits.float(), labels, label_smoothing=training.label_smoothing)
+    return task_loss(task, logits.float(), labels, label_smoothing=label_smoothing)
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -284,7 +284,8 @@ def _run_steps(model, task, physical_loader, optimizer, steps: _Steps, device, a
             taken = steps_taken()
             _set_lr(optimizer, steps.learning_rate(taken))
             optimizer.zero_grad(set_to_none=True)
-            loss = _step_loss(model, task, tokens.to(device), labels.to(device), autocast, steps.training)
+            loss = _step_loss(model, task, tokens.to(device), labels.to(device), autocast,
+                              steps.training.label_smoothing)
             loss.backward()
             optimizer.step()
             if tokens.shape[0]:
@@ -311,7 +312,8 @@ def train_task_plain(model: GenomicTransformer, dataset: GenomicDataset, *, trai
             for tokens, labels in loader:
                 _set_lr(optimizer, steps.learning_rate(taken))
                 optimizer.zero_grad(set_to_none=True)
-                loss = _step_loss(model, task, tokens.to(device), labels.to(device), autocast, steps.training)
+                loss = _step_loss(model, task, tokens.to(device), labels.to(device), autocast,
+                                  steps.training.label_smoothing)
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.item())
