@@ -14,6 +14,7 @@ from common.finetuning import head_of
 from common.model import GenomicTransformer, ModelConfig
 from common.protocol import Status
 from common.synthetic.generator import generate
+from common.tasks import IGNORE_INDEX, task_loss
 
 MODEL = ModelConfig(d_model=32, n_heads=4, n_layers=1, d_ff=64, dropout=0.0, max_len=192)
 TRAINING = TrainingConfig(batch_size=16, max_physical_batch_size=8, learning_rate=3e-3)
@@ -136,8 +137,6 @@ def test_bf16_on_gpu_keeps_per_sample_clipping(data_dir, tmp_path):
 
 
 def test_label_smoothing_trains_on_mixed_targets_and_keeps_padding_out():
-    from common.tasks import IGNORE_INDEX, task_loss
-
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.3]])
     labels = torch.tensor([1, 0])
     s = 0.2  # targets: 1 - s + s/2 on the label, s/2 on the other class
@@ -173,3 +172,4 @@ def test_label_smoothing_reaches_the_trainer_under_dp_and_without(data_dir, tmp_
     result = train_round(fresh_model(), train, training=smoothed, dp=True, noise_multiplier=1.0,
                          max_grad_norm=1.0, accountant="rdp", device=torch.device("cpu"))
     assert all(math.isfinite(t.mean_loss) and t.segments for t in result.tasks.values())
+    assert all("clipped" in t.clip_stats for t in result.tasks.values())  # per-sample norms were clipped
