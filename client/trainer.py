@@ -26,7 +26,7 @@ from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch.utils.data import DataLoader
 
 from client.privacy.accounting import Segment
-from common.config import TrainingConfig
+from common.config import TrainingConfig, check_weights_after_clipping
 from common.data.dataset import GenomicDataset, collate
 from common.finetuning import set_trainable, trainable_names
 from common.model import GenomicTransformer
@@ -140,10 +140,13 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 class _ClippingOptimizer(DPOptimizer):
     """Opacus' DPOptimizer with automatic clipping as an option (Bu et al. 2023: every per-sample
     gradient scaled by C / (norm + 0.01), so each contributes at most C, as with flat clipping),
-    and a record of the per-sample norms it saw (kept at the institution, in its log only)."""
+    per-record weights in (0, 1] applied after clipping (``record_weights``, set before each physical
+    batch's step: a weighted record still contributes at most C), and a record of the per-sample
+    norms it saw (kept at the institution, in its log only)."""
 
     automatic: bool = False
     norm_log: list[torch.Tensor]
+    record_weights: torch.Tensor | None = None
 
     def clip_and_accumulate(self) -> None:
         if not len(self.grad_samples[0]):  # an empty Poisson batch: noise only
@@ -151,9 +154,17 @@ class _ClippingOptimizer(DPOptimizer):
         per_param = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in self.grad_samples], dim=1)
         norms = per_param.norm(2, dim=1)  # [B]
         self.norm_log.append(norms.detach().cpu())
-        if not self.automatic:
+        if not self.automatic and self.record_weights is None:
             return super().clip_and_accumulate()
-        factor = (self.max_grad_norm / (norms + 0.01)).to(norms.dtype)
+        if self.automatic:
+            factor = (self.max_grad_norm / (norms + 0.01)).to(norms.dtype)
+        else:  # Opacus' flat clipping factor
+            factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0).to(norms.dtype)
+        if self.record_weights is not None:
+            if self.record_weights.shape != factor.shape or not bool((self.record_weights <= 1.0).all()):
+                raise RuntimeError(f"record weights {tuple(self.record_weights.shape)} for a batch of "
+                                   f"{len(factor)}: expected one weight <= 1 per record")
+            factor = factor * self.record_weights.to(factor.device, factor.dtype)
         for p in self.params:
             grad = torch.einsum("i,i...", factor, p.grad_sample)
             p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
@@ -279,11 +290,17 @@ def _run_steps(model, task, physical_loader, optimizer, steps: _Steps, device, a
     def steps_taken() -> int:
         return sum(n for _, _, n in accountant.history)
 
+    class_weights = steps.training.weights_after_clipping.get(task)
+    if class_weights is not None:  # a server's training section is checked here too, not only a file
+        check_weights_after_clipping({task: class_weights}, (task,))
+        class_weights = torch.tensor(class_weights)
     while steps_taken() < steps.target:
         for tokens, labels in physical_loader:
             taken = steps_taken()
             _set_lr(optimizer, steps.learning_rate(taken))
             optimizer.zero_grad(set_to_none=True)
+            if class_weights is not None:
+                optimizer.record_weights = class_weights[labels]
             loss = _step_loss(model, task, tokens.to(device), labels.to(device), autocast,
                               steps.training.label_smoothing)
             loss.backward()

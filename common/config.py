@@ -112,12 +112,28 @@ class TrainingConfig(StrictModel):
     # fit past its target pushes back. Fixed in advance: no privacy cost. The rounds' training losses are
     # the smoothed ones (they cannot reach 0); test metrics and losses use the true labels.
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # Per-class weights a sequence task's records get *after* clipping ({task: [w per class]}, each
+    # in (0, 1]). A loss weight acts before clipping and mostly vanishes in it (a clipped record pushes
+    # at length C whatever its weight), so under DP the bias settles where the records' pushes balance
+    # by count and a minority class is under-called. Scaling the clipped gradient keeps every record's
+    # contribution <= C, so the noise and the accounting stay as they are; a weight below 1 spends less
+    # of that class's signal against the same noise. Without DP nothing is clipped and they do nothing.
+    weights_after_clipping: dict[TaskName, tuple[float, ...]] = Field(default_factory=dict)
     max_len: int = Field(512, ge=1)  # longest sequence accepted from data
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast applies on CUDA only
     seed: int = 0
     # What trains (common/finetuning.py): every parameter, the heads only, or LoRA adapters +
     # LayerNorms + heads. A property of the federation's model: institutions cannot override it.
     trainable: Literal["all", "heads", "lora"] = "all"
+
+    @field_validator("weights_after_clipping")
+    @classmethod
+    def _weights_in_range(cls, value: dict[str, tuple[float, ...]]) -> dict[str, tuple[float, ...]]:
+        for task, weights in value.items():
+            if len(weights) < 2 or not all(0.0 < w <= 1.0 for w in weights):
+                raise ValueError(f"{task}: {list(weights)}; expected one weight per class, each in (0, 1] "
+                                 f"(above 1 a record could contribute more than the clipping norm)")
+        return value
 
     def learning_rate_at(self, progress: float) -> float:
         """The learning rate ``progress`` (0 = start, 1 = end) through the whole training."""
@@ -344,6 +360,7 @@ class FederationConfig(StrictModel):
             foreign = sorted(set(self.model.named_tasks(option)) - set(self.tasks))
             if foreign:
                 raise ValueError(f"model.{option}: {foreign} are not federation tasks {list(self.tasks)}")
+        check_weights_after_clipping(self.training.weights_after_clipping, self.tasks)
         for institution in self.institutions:
             for name, declaration in institution.task_declarations.items():
                 if name in self.task_declarations and declaration != self.task_declarations[name]:
@@ -385,6 +402,20 @@ class FederationConfig(StrictModel):
         if not 0 <= index < len(self.institutions):
             raise ConfigError(f"institutions: no entry {index} (the federation lists {len(self.institutions)})")
         return self.institutions[index]
+
+
+def check_weights_after_clipping(weights: Mapping[str, tuple[float, ...]], tasks: tuple[str, ...]) -> None:
+    """Each weighted task is a federation task, classified per sequence, with one weight per class."""
+    for task, task_weights in weights.items():
+        if task not in tasks:
+            raise ValueError(f"training.weights_after_clipping: {task!r} is not a federation task {list(tasks)}")
+        spec = TASKS[task]
+        if spec.per_position:
+            raise ValueError(f"training.weights_after_clipping: {task!r} labels every base; weights after "
+                             f"clipping apply to tasks with one label per sequence")
+        if len(task_weights) != spec.num_classes:
+            raise ValueError(f"training.weights_after_clipping: {task!r} has {spec.num_classes} classes "
+                             f"{list(spec.label_names)}; got {len(task_weights)} weights")
 
 
 T = TypeVar("T", bound=BaseModel)

@@ -87,6 +87,24 @@ def test_per_task_model_options_name_federation_tasks(option, value):
     assert getattr(config.model, option) == (tuple(value) if isinstance(value, list) else value)
 
 
+@pytest.mark.parametrize("weights, message", [
+    ({"promoter": [0.25, 1.5]}, r"training.weights_after_clipping: .*each in \(0, 1\]"),
+    ({"promoter": [0.0, 1.0]}, r"training.weights_after_clipping: .*each in \(0, 1\]"),
+    ({"promoter": [1.0]}, r"training.weights_after_clipping: .*one weight per class"),
+    ({"promoter": [0.5, 0.5, 1.0]}, r"'promoter' has 2 classes .*got 3 weights"),
+    ({"splice": [1.0, 1.0, 1.0]}, r"'splice' labels every base"),
+    ({"enhancer": [0.5, 1.0]}, r"'enhancer' is not a federation task"),
+])
+def test_weights_after_clipping_are_at_most_one_per_class_of_a_sequence_task(weights, message):
+    """Above 1 a record's clipped gradient could exceed C, which the noise is calibrated to."""
+    with pytest.raises(ConfigError, match=rf"demo\.yaml: .*{message}"):
+        parse_config({"tasks": ["promoter", "splice"], "training": {"weights_after_clipping": weights}},
+                     FederationConfig, source="demo.yaml")
+    config = parse_config({"tasks": ["promoter", "splice"],
+                           "training": {"weights_after_clipping": {"promoter": [0.25, 1]}}}, FederationConfig)
+    assert config.training.weights_after_clipping == {"promoter": (0.25, 1.0)}
+
+
 def test_model_section_builds_a_model_config():
     assert parse_config({"model": {"d_model": 64, "n_heads": 4}}, FederationConfig).model == ModelConfig(d_model=64, n_heads=4)
 

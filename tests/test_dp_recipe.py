@@ -1,4 +1,5 @@
-"""The recipe's knobs: the learning-rate schedule over the federation, automatic clipping, EMA."""
+"""The recipe's knobs: the learning-rate schedule over the federation, automatic clipping, weights after
+clipping, EMA."""
 
 import pytest
 import torch
@@ -53,6 +54,49 @@ def test_automatic_clipping_scales_every_per_sample_gradient_to_c_over_its_norm(
     torch.testing.assert_close(step, expected, rtol=1e-5, atol=1e-7)
     assert torch.equal(optimizer.norm_log[0], norms.detach())
     assert (norms < 1.0).any()  # small gradients were scaled up, which flat clipping never does
+
+
+def _private_linear(x, y, **engine):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(x.shape[1], 2)
+    hooks, optimizer, _ = PrivacyEngine(accountant="rdp").make_private(
+        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+        data_loader=DataLoader(TensorDataset(x, y), batch_size=len(x)), noise_multiplier=0.0, max_grad_norm=1.0,
+        poisson_sampling=False, grad_sample_mode="hooks", wrap_model=False, **engine)
+    optimizer.__class__ = _ClippingOptimizer
+    optimizer.norm_log = []
+    return model, hooks, optimizer
+
+
+def test_weights_after_clipping_scale_each_clipped_gradient_and_keep_it_within_c():
+    x = torch.randn(6, 3) * torch.tensor([[0.01], [0.1], [1.0], [3.0], [10.0], [30.0]])
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    weights = torch.tensor([0.25, 1.0])[y]
+    model, hooks, optimizer = _private_linear(x, y)
+    optimizer.record_weights = weights
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    per_sample = torch.cat([p.grad_sample.reshape(6, -1) for p in model.parameters()], dim=1)
+    optimizer.step()
+    hooks.cleanup()
+
+    norms = per_sample.norm(dim=1)
+    clipped = per_sample * (1.0 / (norms + 1e-6)).clamp(max=1.0)[:, None]  # Opacus' flat clipping, C = 1
+    contributions = clipped * weights[:, None]
+    step = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(step, contributions.mean(dim=0), rtol=1e-5, atol=1e-7)
+    assert (contributions.norm(dim=1) <= 1.0 + 1e-5).all()  # the sensitivity the noise is calibrated to
+    assert (norms > 1.0).any() and (norms < 1.0).any()  # clipped and unclipped records both weighted
+
+
+@pytest.mark.parametrize("weights", [torch.tensor([1.0, 2.0, 1.0, 1.0]), torch.tensor([1.0, 1.0, 1.0])])
+def test_a_record_weight_above_one_or_one_per_other_batch_is_refused(weights):
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
+    model, hooks, optimizer = _private_linear(x, y)
+    optimizer.record_weights = weights
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    with pytest.raises(RuntimeError, match="expected one weight <= 1 per record"):
+        optimizer.step()
+    hooks.cleanup()
 
 
 def test_weight_average_warm_start():

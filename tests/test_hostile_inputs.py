@@ -92,6 +92,8 @@ FEDERATION_PROBES = [
     ("training.lr_schedule", "step", "lr_schedule"), ("training.clipping", "none", "clipping"),
     ("training.ema_decay", 1.0, "ema_decay"), ("training.trainable", "lora", "lora_rank"),
     ("training.label_smoothing", 1.0, "label_smoothing"), ("training.label_smoothing", -0.1, "label_smoothing"),
+    ("training.weights_after_clipping", {"promoter": [0.5, 2.0]}, "weights_after_clipping"),
+    ("training.weights_after_clipping", {"promoter": "heavy"}, "weights_after_clipping"),
     ("federation.rounds", 0, "federation.rounds"), ("federation.fraction_train", 0, "fraction_train"),
     ("federation.fraction_evaluate", 2, "fraction_evaluate"), ("federation.round_timeout_s", 0, "round_timeout_s"),
     ("aggregation.mode", "median", "aggregation.mode"), ("aggregation.species_weights", {"human": 0}, "> 0"),

@@ -173,3 +173,33 @@ def test_label_smoothing_reaches_the_trainer_under_dp_and_without(data_dir, tmp_
                          max_grad_norm=1.0, accountant="rdp", device=torch.device("cpu"))
     assert all(math.isfinite(t.mean_loss) and t.segments for t in result.tasks.values())
     assert all("clipped" in t.clip_stats for t in result.tasks.values())  # per-sample norms were clipped
+
+
+def test_weights_after_clipping_reach_the_dp_trainer_per_record_label(data_dir, tmp_path):
+    """Without noise and with plain SGD the update is the weighted sum of clipped gradients: weights near
+    zero on every class leave the promoter head (a sequence task) nearly where it started, weights of 1
+    move it; splice, which has no weights, trains as before."""
+    train = InstitutionAgent(institution(data_dir, tmp_path)).data("train")
+    sgd = TRAINING.model_copy(update={"optimizer": "sgd", "learning_rate": 0.5})
+    moved = {}
+    for name, weights in (("one", {"promoter": (1.0, 1.0)}), ("tiny", {"promoter": (1e-6, 1e-6)})):
+        model, start = fresh_model(), flat(fresh_model())
+        result = train_round(model, train, training=sgd.model_copy(update={"weights_after_clipping": weights}),
+                             dp=True, noise_multiplier=0.0, max_grad_norm=1.0, accountant="rdp",
+                             device=torch.device("cpu"))
+        assert result.tasks["promoter"].steps and result.tasks["splice"].steps
+        head = [n for n, _ in model.named_parameters() if head_of(n) == "promoter"]
+        state = dict(model.named_parameters())
+        initial = dict(fresh_model().named_parameters())
+        moved[name] = sum(float((state[n] - initial[n]).detach().norm()) for n in head)
+        assert not torch.equal(flat(model), start)  # splice trained either way
+    assert moved["tiny"] < 1e-4 < moved["one"]
+
+
+def test_weights_after_clipping_for_a_per_base_task_are_refused(data_dir, tmp_path):
+    """A training section that skipped the file checks (a server's message) is checked again here."""
+    train = InstitutionAgent(institution(data_dir, tmp_path)).data("train")
+    bad = TRAINING.model_copy(update={"weights_after_clipping": {"splice": (1.0, 1.0, 1.0)}})
+    with pytest.raises(ValueError, match="'splice' labels every base"):
+        train_round(fresh_model(), train, training=bad, dp=True, noise_multiplier=1.0, max_grad_norm=1.0,
+                    accountant="rdp", device=torch.device("cpu"))
