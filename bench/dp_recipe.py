@@ -5,7 +5,7 @@ baseline, centralized non-DP training and a federation of institutions under DP,
         [--rounds 6] [--epsilons 8 3] [--config configs/demo.yaml] [--init-checkpoint CKPT]
         [--variants scratch/all pretrained/all pretrained/heads pretrained/lora] [--out FILE.md]
         [--centralized-epochs N] [--skip-centralized | --skip-federated] [--local-epochs E] [--learning-rate LR]
-        [--model KEY=VALUE ...] [--training KEY=VALUE ...] [--metric auroc]
+        [--model KEY=VALUE ...] [--training KEY=VALUE ...] [--metric auroc] [--positive-fraction 0.2]
 
 DIR holds ``<task>/{train,val,test}.tsv`` (a real set from bench/real_data/build_real_sets.py, or one
 institution's generated data). The training split is dealt at random into ``--institutions``
@@ -70,6 +70,23 @@ def deal(datasets: dict[str, GenomicDataset], k: int, seed: int) -> list[dict[st
         for i in range(k):
             shares[i][task] = records[i::k]
     return shares
+
+
+def with_positive_fraction(dataset: GenomicDataset, fraction: float, *, seed: int, max_len: int) -> GenomicDataset:
+    """Every negative (label 0) and a random subset of the positives (label 1), so that positives are
+    ``fraction`` of the records: an imbalanced binary task made from a balanced generated one."""
+    records = records_of(dataset)
+    if dataset.task.per_position or dataset.task.num_classes != 2:
+        raise SystemExit(f"--positive-fraction: {dataset.task.name} is not a binary sequence task")
+    negatives = [r for r in records if r.label == 0]
+    positives = [r for r in records if r.label == 1]
+    keep = round(len(negatives) * fraction / (1.0 - fraction))
+    if keep > len(positives):
+        raise SystemExit(f"--positive-fraction {fraction}: {dataset.task.name} has {len(positives)} positives, "
+                         f"needs {keep}")
+    kept = negatives + random.Random(seed).sample(positives, keep)
+    random.Random(seed + 1).shuffle(kept)
+    return GenomicDataset(kept, task=dataset.task.name, max_len=max_len)
 
 
 def head(task: str, metrics: dict, metric: str | None = None) -> float:
@@ -160,6 +177,8 @@ def main() -> int:
     parser.add_argument("--skip-federated", action="store_true", help="baselines and centralized only")
     parser.add_argument("--metric", default=None,
                         help="report this metric (e.g. auroc, auprc) instead of each task's headline metric")
+    parser.add_argument("--positive-fraction", type=float, default=None,
+                        help="keep every negative and this fraction of positives in train and test (binary tasks)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     metric = args.metric
@@ -178,9 +197,12 @@ def main() -> int:
         config = config.model_copy(update={"model": type(config.model).from_dict(model)})
     max_len = config.model.max_len
     train = {t: load_dataset(args.data / t, task=t, split="train", max_len=max_len) for t in args.tasks}
+    test = {t: load_dataset(args.data / t, task=t, split="test", max_len=max_len) for t in args.tasks}
+    if args.positive_fraction is not None:
+        train = {t: with_positive_fraction(d, args.positive_fraction, seed=1, max_len=max_len) for t, d in train.items()}
+        test = {t: with_positive_fraction(d, args.positive_fraction, seed=2, max_len=max_len) for t, d in test.items()}
     if args.max_train:
         train = {t: GenomicDataset(records_of(d)[: args.max_train], task=t, max_len=max_len) for t, d in train.items()}
-    test = {t: load_dataset(args.data / t, task=t, split="test", max_len=max_len) for t in args.tasks}
     shares = deal(train, args.institutions, seed=0)
     rows: dict[str, dict[str, float]] = {}
     started = time.monotonic()

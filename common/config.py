@@ -117,7 +117,9 @@ class TrainingConfig(StrictModel):
     # at length C whatever its weight), so under DP the bias settles where the records' pushes balance
     # by count and a minority class is under-called. Scaling the clipped gradient keeps every record's
     # contribution <= C, so the noise and the accounting stay as they are; a weight below 1 spends less
-    # of that class's signal against the same noise. Without DP nothing is clipped and they do nothing.
+    # of that class's signal against the same noise. Fixed in the config, never computed from the data's
+    # class counts: a weight that depended on the other records would break the bound. Without DP
+    # nothing is clipped and they do nothing.
     weights_after_clipping: dict[TaskName, tuple[float, ...]] = Field(default_factory=dict)
     max_len: int = Field(512, ge=1)  # longest sequence accepted from data
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast applies on CUDA only
