@@ -33,6 +33,21 @@ def trained_privacy(history: list[RoundMetrics], *, start: str | None = None) ->
                                             if r.status == Status.TRAINED})}
 
 
+def training_summary(config: FederationConfig) -> str:
+    """The model card's line on how the federation trained (the settings that change what it learns)."""
+    t = config.training
+    parts = [f"{t.local_epochs} local epoch(s) per round, logical batch {t.batch_size}, {t.optimizer} at "
+             f"learning rate {t.learning_rate} ({t.lr_schedule}), {t.clipping} clipping, trainable: {t.trainable}"]
+    if t.label_smoothing:
+        parts.append(f"label smoothing {t.label_smoothing:g}")
+    if t.weights_after_clipping:
+        parts.append("weights after clipping " + ", ".join(
+            f"{task} {list(weights)}" for task, weights in sorted(t.weights_after_clipping.items())))
+    parts.append(f"aggregation {config.aggregation.mode}")
+    parts.append(f"started from {config.init_checkpoint.name}" if config.init_checkpoint else "from scratch")
+    return "; ".join(parts)
+
+
 class RunCheckpoints:
     """Where one run's checkpoints live and how many are kept."""
 
@@ -65,13 +80,9 @@ class RunCheckpoints:
 
     def _card(self, config: FederationConfig, history: list[RoundMetrics], privacy: dict,
               baselines: tuple[dict | None, dict | None] = (None, None)) -> str:
-        t = config.training
-        training = (f"{t.local_epochs} local epoch(s) per round, logical batch {t.batch_size}, {t.optimizer} at "
-                    f"learning rate {t.learning_rate} ({t.lr_schedule}), trainable: {t.trainable}; aggregation "
-                    f"{config.aggregation.mode}" + (f"; started from {config.init_checkpoint.name}"
-                                                    if config.init_checkpoint else "; from scratch"))
         return federation_card(name=config.name, model_config=config.model, tasks=config.tasks, history=history,
-                               privacy=privacy, training=training, baseline=baselines[0], dp_baseline=baselines[1])
+                               privacy=privacy, training=training_summary(config), baseline=baselines[0],
+                               dp_baseline=baselines[1])
 
     def _state(self, config: FederationConfig, history: list[RoundMetrics], metrics: list[RoundMetrics]) -> dict:
         """What a checkpoint records of its run: the metrics (all rounds for resuming, the last for

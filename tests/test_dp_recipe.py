@@ -110,3 +110,17 @@ def test_weight_average_warm_start():
     assert average.average["w"].item() == pytest.approx(first * 3 / 12 + (1 - 3 / 12))
     average.copy_to_model()
     assert parameter.item() == pytest.approx(average.average["w"].item())
+
+
+def test_the_model_card_says_which_recipe_options_trained_the_model():
+    from common.config import FederationConfig, parse_config
+    from server.checkpoints import training_summary
+
+    plain = parse_config({"tasks": ["promoter", "splice"]}, FederationConfig)
+    assert "label smoothing" not in training_summary(plain) and "after clipping" not in training_summary(plain)
+    tuned = parse_config({"tasks": ["promoter", "splice"], "training": {
+        "label_smoothing": 0.1, "clipping": "automatic", "weights_after_clipping": {"promoter": [0.5, 1]}}},
+        FederationConfig)
+    summary = training_summary(tuned)
+    assert "automatic clipping" in summary and "label smoothing 0.1" in summary
+    assert "weights after clipping promoter [0.5, 1.0]" in summary and summary.endswith("from scratch")
