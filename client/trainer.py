@@ -161,10 +161,11 @@ class _ClippingOptimizer(DPOptimizer):
         else:  # Opacus' flat clipping factor
             factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0).to(norms.dtype)
         if self.record_weights is not None:
-            if self.record_weights.shape != factor.shape or not bool((self.record_weights <= 1.0).all()):
-                raise RuntimeError(f"record weights {tuple(self.record_weights.shape)} for a batch of "
-                                   f"{len(factor)}: expected one weight <= 1 per record")
-            factor = factor * self.record_weights.to(factor.device, factor.dtype)
+            weights = self.record_weights
+            if weights.shape != factor.shape or not bool(((weights >= 0.0) & (weights <= 1.0)).all()):
+                raise RuntimeError(f"record weights {tuple(weights.shape)} for a batch of {len(factor)}: "
+                                   f"expected one weight in [0, 1] per record (a record's share of C)")
+            factor = factor * weights.to(factor.device, factor.dtype)
         for p in self.params:
             grad = torch.einsum("i,i...", factor, p.grad_sample)
             p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad

@@ -88,13 +88,14 @@ def test_weights_after_clipping_scale_each_clipped_gradient_and_keep_it_within_c
     assert (norms > 1.0).any() and (norms < 1.0).any()  # clipped and unclipped records both weighted
 
 
-@pytest.mark.parametrize("weights", [torch.tensor([1.0, 2.0, 1.0, 1.0]), torch.tensor([1.0, 1.0, 1.0])])
-def test_a_record_weight_above_one_or_one_per_other_batch_is_refused(weights):
+@pytest.mark.parametrize("weights", [torch.tensor([1.0, 2.0, 1.0, 1.0]), torch.tensor([1.0, -3.0, 1.0, 1.0]),
+                                     torch.tensor([1.0, float("nan"), 1.0, 1.0]), torch.tensor([1.0, 1.0, 1.0])])
+def test_a_record_weight_outside_zero_one_or_one_per_other_batch_is_refused(weights):
     x, y = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
     model, hooks, optimizer = _private_linear(x, y)
     optimizer.record_weights = weights
     torch.nn.functional.cross_entropy(model(x), y).backward()
-    with pytest.raises(RuntimeError, match="expected one weight <= 1 per record"):
+    with pytest.raises(RuntimeError, match=r"expected one weight in \[0, 1\] per record"):
         optimizer.step()
     hooks.cleanup()
 
