@@ -112,14 +112,11 @@ class TrainingConfig(StrictModel):
     # fit past its target pushes back. Fixed in advance: no privacy cost. The rounds' training losses are
     # the smoothed ones (they cannot reach 0); test metrics and losses use the true labels.
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    # Per-class weights a sequence task's records get *after* clipping ({task: [w per class]}, each
-    # in (0, 1]). A loss weight acts before clipping and mostly vanishes in it (a clipped record pushes
-    # at length C whatever its weight), so under DP the bias settles where the records' pushes balance
-    # by count and a minority class is under-called. Scaling the clipped gradient keeps every record's
-    # contribution <= C, so the noise and the accounting stay as they are; a weight below 1 spends less
-    # of that class's signal against the same noise. Fixed in the config, never computed from the data's
-    # class counts: a weight that depended on the other records would break the bound. Without DP
-    # nothing is clipped and they do nothing.
+    # Per-class weights in (0, 1] on a sequence task's *clipped* per-record gradients ({task: [w per class]}).
+    # A loss weight is clipped away, so under DP the bias settles where pushes balance by count and a
+    # minority class is under-called. A weighted record still contributes <= C: noise and accounting are
+    # unchanged. Fixed in the config, never computed from class counts (that would make one record's
+    # contribution depend on the others). Without DP nothing is clipped and they do nothing.
     weights_after_clipping: dict[TaskName, tuple[float, ...]] = Field(default_factory=dict)
     max_len: int = Field(512, ge=1)  # longest sequence accepted from data
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast applies on CUDA only
@@ -410,7 +407,7 @@ def check_weights_after_clipping(weights: Mapping[str, tuple[float, ...]], tasks
     """Each weighted task is a federation task, classified per sequence, with one weight per class."""
     for task, task_weights in weights.items():
         if task not in tasks:
-            raise ValueError(f"training.weights_after_clipping: {task!r} is not a federation task {list(tasks)}")
+            raise ValueError(f"training.weights_after_clipping: {task!r} is not one of the tasks {list(tasks)}")
         spec = TASKS[task]
         if spec.per_position:
             raise ValueError(f"training.weights_after_clipping: {task!r} labels every base; weights after "
@@ -552,6 +549,8 @@ def load_institution(path: str | Path) -> InstitutionConfig:
     config = _with_directories(load_config(path, InstitutionConfig), path.parent)
     try:
         _declare(config.task_declarations, config.tasks, where="")
+        if config.training is not None:
+            check_weights_after_clipping(config.training.weights_after_clipping, config.tasks)
     except ValueError as err:
         raise ConfigError(f"{path}: {err}") from err
     for key in ("state_dir",) if config.data is not None else ("data_dir", "state_dir"):

@@ -93,7 +93,7 @@ def test_per_task_model_options_name_federation_tasks(option, value):
     ({"promoter": [1.0]}, r"training.weights_after_clipping: .*one weight per class"),
     ({"promoter": [0.5, 0.5, 1.0]}, r"'promoter' has 2 classes .*got 3 weights"),
     ({"splice": [1.0, 1.0, 1.0]}, r"'splice' labels every base"),
-    ({"enhancer": [0.5, 1.0]}, r"'enhancer' is not a federation task"),
+    ({"enhancer": [0.5, 1.0]}, r"'enhancer' is not one of the tasks"),
 ])
 def test_weights_after_clipping_are_at_most_one_per_class_of_a_sequence_task(weights, message):
     """Above 1 a record's clipped gradient could exceed C, which the noise is calibrated to."""
