@@ -233,6 +233,21 @@ def test_an_agent_refuses_a_model_past_its_own_limit_before_building_it(site):
     assert PrivacyLedger.load(site.parent / "state").rounds == ()  # nothing trained, nothing spent
 
 
+@pytest.mark.parametrize("weights", [[0.5, 5.0], [-4.0, 1.0], [1.0, 1.0, 1.0]])
+def test_an_agent_refuses_server_training_settings_that_widen_a_record_past_c(site, weights):
+    """weights_after_clipping scale each record's clipped gradient: above 1 (or below -1) a record would
+    weigh more than the noise covers. The server's training section applies where the site has none."""
+    settings = yaml.safe_load(site.read_text())
+    del settings["training"]
+    site.write_text(yaml.safe_dump(settings))
+    request = server_request("train", model=MODEL, tasks=TASKS)
+    request.content[p.CONFIG][p.TRAINING] = json.dumps({"batch_size": 8, "weights_after_clipping": {"promoter": weights}})
+    reply = client_app.app(request, institution_context(site))
+    assert set(reply.content.keys()) == {p.META} and reply.content[p.META][p.STATUS] == p.Status.FAILED
+    state = site.parent / "state"  # refused before the agent opened a ledger, or with nothing spent in it
+    assert not (state / LEDGER_FILENAME).exists() or PrivacyLedger.load(state).rounds == ()
+
+
 # ---------------------------------------------------------------- 8. refusals exit non-zero
 
 
