@@ -1,4 +1,5 @@
-"""Every configuration file's schema, and the one place that reads and resolves them.
+"""Every configuration file's schema, and the one place that loads and resolves them (the strict YAML
+reading itself is common/yaml_files.py).
 
 Two kinds of YAML file: a federation file (model, tasks, rounds, aggregation, central evaluation,
 outputs, and for a simulation its institutions inline) and an institution file (who it is, its
@@ -25,7 +26,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from common.data.importing import SplitConfig
@@ -33,10 +33,7 @@ from common.data.sources import TaskSource
 from common.model import PER_TASK_OPTIONS, ModelConfig
 from common.protocol import RunConfigKey
 from common.tasks import TASK_NAME_PATTERN, TASK_NAMES, TASKS, declare_tasks
-
-
-class ConfigError(ValueError):
-    """A configuration file that does not match its schema."""
+from common.yaml_files import ConfigError, load_yaml
 
 
 class StrictModel(BaseModel):
@@ -453,62 +450,6 @@ def parse_config(data: object, schema: type[T], *, source: str = "<config>") -> 
         return schema.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source)) from err
-
-
-MAX_CONFIG_BYTES = 1 << 20
-MAX_YAML_ALIASES = 64
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (``epsilon: 1, epsilon: 50`` must not silently mean 50)
-    and more than a few aliases (a "billion laughs" document expands exponentially)."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            self._aliases = getattr(self, "_aliases", 0) + 1
-            if self._aliases > MAX_YAML_ALIASES:
-                raise yaml.composer.ComposerError(None, None, f"more than {MAX_YAML_ALIASES} aliases (*name)",
-                                                  self.peek_event().start_mark)
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            self.flatten_mapping(node)
-            seen: dict = {}
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=True)
-                if isinstance(key, (str, int, float, bool)) and key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r} (first given on line {seen[key]})", key_node.start_mark)
-                seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
-
-
-def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; missing file, bad YAML, duplicate keys, non-UTF-8 bytes and non-mapping
-    documents are ConfigErrors naming the file (and line)."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read config file: {err.strerror or err}") from err
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: {len(raw)} bytes; a config file is at most {MAX_CONFIG_BYTES} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw[:err.start].count(b"\n") + 1
-        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); expected a "
-                          f"YAML text file") from err
-    try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where}: not valid YAML: {getattr(err, 'problem', err)}") from err
-    if data is None:
-        raise ConfigError(f"{path}: empty config file")
-    return data
 
 
 def load_config(path: str | Path, schema: type[T]) -> T:
