@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from opacus import PrivacyEngine
-from opacus.optimizers import DPOptimizer
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch.utils.data import DataLoader
 
 from client.privacy.accounting import Segment
+from common.clipping import ClippingOptimizer
 from common.config import TrainingConfig, check_weights_after_clipping
 from common.data.dataset import GenomicDataset, collate
 from common.finetuning import set_trainable, trainable_names
@@ -137,41 +137,6 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
-class _ClippingOptimizer(DPOptimizer):
-    """Opacus' DPOptimizer with automatic clipping as an option (Bu et al. 2023: every per-sample
-    gradient scaled by C / (norm + 0.01), so each contributes at most C, as with flat clipping),
-    per-record weights in (0, 1] applied after clipping (``record_weights``, set before each physical
-    batch's step: a weighted record still contributes at most C), and a record of the per-sample
-    norms it saw (kept at the institution, in its log only)."""
-
-    automatic: bool = False
-    norm_log: list[torch.Tensor]
-    record_weights: torch.Tensor | None = None
-
-    def clip_and_accumulate(self) -> None:
-        if not len(self.grad_samples[0]):  # an empty Poisson batch: noise only
-            return super().clip_and_accumulate()
-        per_param = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in self.grad_samples], dim=1)
-        norms = per_param.norm(2, dim=1)  # [B]
-        self.norm_log.append(norms.detach().cpu())
-        if not self.automatic and self.record_weights is None:
-            return super().clip_and_accumulate()
-        if self.automatic:
-            factor = (self.max_grad_norm / (norms + 0.01)).to(norms.dtype)
-        else:  # Opacus' flat clipping factor
-            factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0).to(norms.dtype)
-        if self.record_weights is not None:
-            weights = self.record_weights
-            if weights.shape != factor.shape or not bool(((weights >= 0.0) & (weights <= 1.0)).all()):
-                raise RuntimeError(f"record weights {tuple(weights.shape)} for a batch of {len(factor)}: "
-                                   f"expected one weight in [0, 1] per record (a record's share of C)")
-            factor = factor * weights.to(factor.device, factor.dtype)
-        for p in self.params:
-            grad = torch.einsum("i,i...", factor, p.grad_sample)
-            p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
-        return None
-
-
 def _clip_stats(norm_log: list[torch.Tensor], max_grad_norm: float) -> dict[str, float]:
     """Quantiles of the per-sample gradient norms and the fraction above C: under clipping the
     training loss can rise while the model improves (dp-training.md), so read it beside these."""
@@ -261,7 +226,7 @@ def train_task_dp(model: GenomicTransformer, dataset: GenomicDataset, *, trainin
         data_loader=loader, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
         poisson_sampling=True, grad_sample_mode="hooks", wrap_model=False,
         noise_generator=_entropy_generator(device))
-    optimizer.__class__ = _ClippingOptimizer  # hooks mode: only clip_and_accumulate differs
+    optimizer.__class__ = ClippingOptimizer  # hooks mode: only clip_and_accumulate differs
     optimizer.automatic, optimizer.norm_log = training.clipping == "automatic", []
     steps = _Steps(steps_per_round(examples=len(dataset), training=training), training, progress)
     average = WeightAverage(params, training.ema_decay) if training.ema_decay else None

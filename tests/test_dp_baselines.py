@@ -54,3 +54,27 @@ def test_empty_poisson_batches_leave_the_model_finite(task):
     train = synthetic(task, 60, 2)  # expected batch 1 of 60: about a third of the 60 steps are empty
     model, epsilon = train_dp_baseline(train, DPSettings(epsilon=8.0, epochs=1, batch_size=1))
     assert all(torch.isfinite(p).all() for p in model.parameters()) and epsilon <= 8.0 + 1e-6
+
+
+def test_weights_after_clipping_move_the_baselines_calls_toward_the_heavier_class():
+    """The same weighting the federation's trainer offers (common/clipping.py): with the negatives' clipped
+    gradients at a fifth, the baseline calls far more windows positive than with the positives' at a fifth."""
+    from common.analysis.dp_baselines import predict_dp_baseline, train_dp_baseline
+
+    train, test = synthetic("enhancer", 600, 3), synthetic("enhancer", 300, 4)
+    called = {}
+    for name, weights in (("positives heavier", (0.2, 1.0)), ("negatives heavier", (1.0, 0.2))):
+        settings = DPSettings(epsilon=50.0, epochs=5, weights_after_clipping=weights)
+        model, epsilon = train_dp_baseline(train, settings)
+        called[name] = float((predict_dp_baseline(model, test, k=settings.k).argmax(axis=1) == 1).mean())
+        assert epsilon <= 50.0 + 1e-6  # the weights change nothing in the accounting
+    assert called["positives heavier"] > called["negatives heavier"] + 0.2
+
+
+@pytest.mark.parametrize("task, weights", [("splice", (1.0, 1.0, 1.0)), ("enhancer", (0.5, 1.0, 1.0)),
+                                           ("enhancer", (0.5, 2.0))])
+def test_weights_after_clipping_must_fit_a_sequence_task(task, weights):
+    from common.analysis.dp_baselines import train_dp_baseline
+
+    with pytest.raises(ValueError, match="weights after clipping"):
+        train_dp_baseline(synthetic(task, 40, 5), DPSettings(epsilon=8.0, epochs=1, weights_after_clipping=weights))

@@ -6,7 +6,8 @@ import torch
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader, TensorDataset
 
-from client.trainer import WeightAverage, _ClippingOptimizer, _Steps
+from client.trainer import WeightAverage, _Steps
+from common.clipping import ClippingOptimizer
 from common.config import TrainingConfig
 
 
@@ -40,7 +41,7 @@ def test_automatic_clipping_scales_every_per_sample_gradient_to_c_over_its_norm(
     hooks, optimizer, loader = PrivacyEngine(accountant="rdp").make_private(
         module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), data_loader=loader,
         noise_multiplier=0.0, max_grad_norm=1.0, poisson_sampling=False, grad_sample_mode="hooks", wrap_model=False)
-    optimizer.__class__ = _ClippingOptimizer
+    optimizer.__class__ = ClippingOptimizer
     optimizer.automatic, optimizer.norm_log = True, []
 
     torch.nn.functional.cross_entropy(model(x), y).backward()
@@ -63,7 +64,7 @@ def _private_linear(x, y, **engine):
         module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
         data_loader=DataLoader(TensorDataset(x, y), batch_size=len(x)), noise_multiplier=0.0, max_grad_norm=1.0,
         poisson_sampling=False, grad_sample_mode="hooks", wrap_model=False, **engine)
-    optimizer.__class__ = _ClippingOptimizer
+    optimizer.__class__ = ClippingOptimizer
     optimizer.norm_log = []
     return model, hooks, optimizer
 

@@ -30,6 +30,7 @@ from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.analysis.baselines import N_CODE, KmerSpectrum, dataset_codes
+from common.clipping import ClippingOptimizer
 from common.data.dataset import GenomicDataset
 from common.kmer_paths import WindowKmerPath
 from common.metrics import task_metrics
@@ -55,6 +56,9 @@ class DPSettings:
     max_grad_norm: float = 1.0
     learning_rate: float = 0.5  # SGD with momentum on clipped, noised gradients
     k: int = DP_KMER_K
+    # Per-class weights in (0, 1] on each record's clipped gradient (``training.weights_after_clipping``);
+    # None: plain flat clipping. Sequence tasks only.
+    weights_after_clipping: tuple[float, ...] | None = None
 
 
 def enrichment_features(sequences: list[str], *, k: int) -> np.ndarray:
@@ -114,6 +118,17 @@ def _noise_multiplier(epsilon: float, delta: float, q: float, steps: int) -> flo
                                 accountant="rdp")
 
 
+def _class_weights(train: GenomicDataset, settings: DPSettings) -> torch.Tensor | None:
+    weights = settings.weights_after_clipping
+    if weights is None:
+        return None
+    spec = train.task
+    if spec.per_position or len(weights) != spec.num_classes or not all(0.0 < w <= 1.0 for w in weights):
+        raise ValueError(f"DP baseline for {spec.name}: weights after clipping {list(weights)}; expected one "
+                         f"weight in (0, 1] per class of a sequence task ({spec.num_classes} classes)")
+    return torch.tensor(weights)
+
+
 def train_dp_baseline(train: GenomicDataset, settings: DPSettings) -> tuple[nn.Module, float]:
     """Fit the DP baseline on ``train``; returns the model and the ε its accountant reports."""
     x, y = _tensors(train, settings.k)
@@ -129,9 +144,15 @@ def train_dp_baseline(train: GenomicDataset, settings: DPSettings) -> tuple[nn.M
     schedule = torch.optim.lr_scheduler.LambdaLR(  # linear decay to 0: the last noisy steps move least
         optimizer, lambda step: max(0.0, 1.0 - step / (settings.epochs * len(loader))))
     task = train.task.name
+    class_weights = _class_weights(train, settings)
+    if class_weights is not None:
+        optimizer.__class__ = ClippingOptimizer  # only clip_and_accumulate differs
+        optimizer.automatic, optimizer.norm_log = False, []
     for _ in range(settings.epochs):
         for features, labels in loader:
             optimizer.zero_grad(set_to_none=True)
+            if class_weights is not None:
+                optimizer.record_weights = class_weights[labels]
             logits = model(features)
             # An empty Poisson batch has no loss to average; splice weighs its sites (TaskSpec.class_weights).
             loss = task_loss(task, logits, labels) if len(labels) else logits.sum() * 0.0
