@@ -131,6 +131,7 @@ def _class_weights(train: GenomicDataset, settings: DPSettings) -> torch.Tensor 
 
 def train_dp_baseline(train: GenomicDataset, settings: DPSettings) -> tuple[nn.Module, float]:
     """Fit the DP baseline on ``train``; returns the model and the ε its accountant reports."""
+    class_weights = _class_weights(train, settings)  # a bad setting fails before any work
     x, y = _tensors(train, settings.k)
     model = _model(train, x.shape[-1])
     sigma = noise_multiplier_for(settings, records=len(train))
@@ -144,7 +145,6 @@ def train_dp_baseline(train: GenomicDataset, settings: DPSettings) -> tuple[nn.M
     schedule = torch.optim.lr_scheduler.LambdaLR(  # linear decay to 0: the last noisy steps move least
         optimizer, lambda step: max(0.0, 1.0 - step / (settings.epochs * len(loader))))
     task = train.task.name
-    class_weights = _class_weights(train, settings)
     if class_weights is not None:
         optimizer.__class__ = ClippingOptimizer  # only clip_and_accumulate differs
         optimizer.automatic, optimizer.norm_log = False, []
