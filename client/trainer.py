@@ -26,11 +26,11 @@ from torch.utils.data import DataLoader
 
 from client.privacy.accounting import Segment
 from common.clipping import ClippingOptimizer
-from common.config import TrainingConfig, check_weights_after_clipping
+from common.config import TrainingConfig
 from common.data.dataset import GenomicDataset, collate
 from common.finetuning import set_trainable, trainable_names
 from common.model import GenomicTransformer
-from common.tasks import task_loss
+from common.tasks import class_weights_after_clipping, task_loss
 
 log = logging.getLogger(__name__)
 
@@ -257,9 +257,8 @@ def _run_steps(model, task, physical_loader, optimizer, steps: _Steps, device, a
         return sum(n for _, _, n in accountant.history)
 
     class_weights = steps.training.weights_after_clipping.get(task)
-    if class_weights is not None:  # a server's training section is checked here too, not only a file
-        check_weights_after_clipping({task: class_weights}, (task,))
-        class_weights = torch.tensor(class_weights)
+    if class_weights is not None:  # checked here too: a server's training section skips the file checks
+        class_weights = class_weights_after_clipping(task, class_weights)
     while steps_taken() < steps.target:
         for tokens, labels in physical_loader:
             taken = steps_taken()

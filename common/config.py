@@ -32,7 +32,7 @@ from common.data.importing import SplitConfig
 from common.data.sources import TaskSource
 from common.model import PER_TASK_OPTIONS, ModelConfig
 from common.protocol import RunConfigKey
-from common.tasks import TASK_NAME_PATTERN, TASK_NAMES, TASKS, declare_tasks
+from common.tasks import TASK_NAME_PATTERN, TASK_NAMES, TASKS, class_weights_after_clipping, declare_tasks
 from common.yaml_files import ConfigError, load_yaml
 
 
@@ -401,17 +401,14 @@ class FederationConfig(StrictModel):
 
 
 def check_weights_after_clipping(weights: Mapping[str, tuple[float, ...]], tasks: tuple[str, ...]) -> None:
-    """Each weighted task is a federation task, classified per sequence, with one weight per class."""
+    """Each weighted task is one of ``tasks`` and fits :func:`class_weights_after_clipping`."""
     for task, task_weights in weights.items():
         if task not in tasks:
             raise ValueError(f"training.weights_after_clipping: {task!r} is not one of the tasks {list(tasks)}")
-        spec = TASKS[task]
-        if spec.per_position:
-            raise ValueError(f"training.weights_after_clipping: {task!r} labels every base; weights after "
-                             f"clipping apply to tasks with one label per sequence")
-        if len(task_weights) != spec.num_classes:
-            raise ValueError(f"training.weights_after_clipping: {task!r} has {spec.num_classes} classes "
-                             f"{list(spec.label_names)}; got {len(task_weights)} weights")
+        try:
+            class_weights_after_clipping(task, task_weights)
+        except ValueError as err:
+            raise ValueError(f"training.weights_after_clipping: {err}") from err
 
 
 T = TypeVar("T", bound=BaseModel)

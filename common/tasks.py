@@ -128,6 +128,22 @@ def declared_tasks(names: Sequence[str]) -> dict[str, dict]:
     return {name: task_to_dict(get_task(name)) for name in names if name not in PRESETS}
 
 
+def class_weights_after_clipping(task: str, weights: Sequence[float]) -> torch.Tensor:
+    """``weights`` (``training.weights_after_clipping[task]``) as a tensor indexed by label, once checked:
+    a task with one label per sequence, one weight per class, each in (0, 1] (above 1 a record could
+    contribute more than the clipping norm the noise is calibrated to)."""
+    spec = get_task(task)
+    if spec.per_position:
+        raise ValueError(f"{task!r} labels every base; weights after clipping apply to tasks with one label "
+                         f"per sequence")
+    if len(weights) != spec.num_classes:
+        raise ValueError(f"{task!r} has {spec.num_classes} classes {list(spec.label_names)}; got "
+                         f"{len(weights)} weights")
+    if not all(0.0 < w <= 1.0 for w in weights):
+        raise ValueError(f"{task!r}: weights {list(weights)}; expected each in (0, 1]")
+    return torch.tensor([float(w) for w in weights])
+
+
 def task_loss(task: str, logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing: float = 0.0
               ) -> torch.Tensor:
     """Mean loss over the batch, in the per-sample form DP-SGD needs.

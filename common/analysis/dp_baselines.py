@@ -34,7 +34,7 @@ from common.clipping import ClippingOptimizer
 from common.data.dataset import GenomicDataset
 from common.kmer_paths import WindowKmerPath
 from common.metrics import task_metrics
-from common.tasks import IGNORE_INDEX, get_task, task_loss
+from common.tasks import IGNORE_INDEX, class_weights_after_clipping, get_task, task_loss
 
 # As in client/trainer.py: the PRNG note is stated once in the README; the hook note fires because
 # inputs (features, base codes) never require grad.
@@ -119,14 +119,12 @@ def _noise_multiplier(epsilon: float, delta: float, q: float, steps: int) -> flo
 
 
 def _class_weights(train: GenomicDataset, settings: DPSettings) -> torch.Tensor | None:
-    weights = settings.weights_after_clipping
-    if weights is None:
+    if settings.weights_after_clipping is None:
         return None
-    spec = train.task
-    if spec.per_position or len(weights) != spec.num_classes or not all(0.0 < w <= 1.0 for w in weights):
-        raise ValueError(f"DP baseline for {spec.name}: weights after clipping {list(weights)}; expected one "
-                         f"weight in (0, 1] per class of a sequence task ({spec.num_classes} classes)")
-    return torch.tensor(weights)
+    try:
+        return class_weights_after_clipping(train.task.name, settings.weights_after_clipping)
+    except ValueError as err:
+        raise ValueError(f"DP baseline: weights after clipping: {err}") from err
 
 
 def train_dp_baseline(train: GenomicDataset, settings: DPSettings) -> tuple[nn.Module, float]:
