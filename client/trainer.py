@@ -226,8 +226,7 @@ def train_task_dp(model: GenomicTransformer, dataset: GenomicDataset, *, trainin
         data_loader=loader, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
         poisson_sampling=True, grad_sample_mode="hooks", wrap_model=False,
         noise_generator=_entropy_generator(device))
-    optimizer.__class__ = ClippingOptimizer  # hooks mode: only clip_and_accumulate differs
-    optimizer.automatic, optimizer.norm_log = training.clipping == "automatic", []
+    optimizer = ClippingOptimizer.take_over(optimizer, automatic=training.clipping == "automatic")
     steps = _Steps(steps_per_round(examples=len(dataset), training=training), training, progress)
     average = WeightAverage(params, training.ema_decay) if training.ema_decay else None
     losses: list[float] = []

@@ -1,9 +1,8 @@
 """Per-sample clipping for Opacus' DP-SGD beyond its flat clipping, shared by the institutions' trainer
 (client/trainer.py) and the DP k-mer baseline (common/analysis/dp_baselines.py).
 
-Used by swapping the class of the optimizer ``PrivacyEngine.make_private`` returns (only
-``clip_and_accumulate`` differs), then setting ``automatic``, ``norm_log`` and, per physical batch,
-``record_weights``. Every variant keeps each record's contribution within ``max_grad_norm``, so the
+Used through :meth:`ClippingOptimizer.take_over` on the optimizer ``PrivacyEngine.make_private`` returns
+(only ``clip_and_accumulate`` differs), then setting ``record_weights`` per physical batch where wanted. Every variant keeps each record's contribution within ``max_grad_norm``, so the
 noise Opacus adds and its accountant are unchanged.
 """
 
@@ -23,6 +22,14 @@ class ClippingOptimizer(DPOptimizer):
     automatic: bool = False
     norm_log: list[torch.Tensor]
     record_weights: torch.Tensor | None = None
+
+    @classmethod
+    def take_over(cls, optimizer: DPOptimizer, *, automatic: bool = False) -> ClippingOptimizer:
+        """``optimizer`` (from ``make_private``, hooks mode) as a ClippingOptimizer: the same object and
+        state, with this class's ``clip_and_accumulate`` and an empty norm log."""
+        optimizer.__class__ = cls
+        optimizer.automatic, optimizer.norm_log, optimizer.record_weights = automatic, [], None
+        return optimizer
 
     def clip_and_accumulate(self) -> None:
         if not len(self.grad_samples[0]):  # an empty Poisson batch: noise only

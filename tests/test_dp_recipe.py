@@ -41,8 +41,7 @@ def test_automatic_clipping_scales_every_per_sample_gradient_to_c_over_its_norm(
     hooks, optimizer, loader = PrivacyEngine(accountant="rdp").make_private(
         module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), data_loader=loader,
         noise_multiplier=0.0, max_grad_norm=1.0, poisson_sampling=False, grad_sample_mode="hooks", wrap_model=False)
-    optimizer.__class__ = ClippingOptimizer
-    optimizer.automatic, optimizer.norm_log = True, []
+    optimizer = ClippingOptimizer.take_over(optimizer, automatic=True)
 
     torch.nn.functional.cross_entropy(model(x), y).backward()
     per_sample = torch.cat([p.grad_sample.reshape(6, -1) for p in model.parameters()], dim=1)
@@ -64,8 +63,7 @@ def _private_linear(x, y, **engine):
         module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
         data_loader=DataLoader(TensorDataset(x, y), batch_size=len(x)), noise_multiplier=0.0, max_grad_norm=1.0,
         poisson_sampling=False, grad_sample_mode="hooks", wrap_model=False, **engine)
-    optimizer.__class__ = ClippingOptimizer
-    optimizer.norm_log = []
+    optimizer = ClippingOptimizer.take_over(optimizer)
     return model, hooks, optimizer
 
 

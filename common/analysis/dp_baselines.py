@@ -144,8 +144,7 @@ def train_dp_baseline(train: GenomicDataset, settings: DPSettings) -> tuple[nn.M
         optimizer, lambda step: max(0.0, 1.0 - step / (settings.epochs * len(loader))))
     task = train.task.name
     if class_weights is not None:
-        optimizer.__class__ = ClippingOptimizer  # only clip_and_accumulate differs
-        optimizer.automatic, optimizer.norm_log = False, []
+        optimizer = ClippingOptimizer.take_over(optimizer)
     for _ in range(settings.epochs):
         for features, labels in loader:
             optimizer.zero_grad(set_to_none=True)
