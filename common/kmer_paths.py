@@ -26,6 +26,14 @@ record has norm 20-130 (k = 4-5), so the path's gradient ``(p - y) * x`` is far 
 record is fit to within a few per cent: every record is clipped at full length, the path takes nearly
 all of the clipped gradient, and the model grows overconfident. Scaled to a norm near C
 (``model.kmer_norm``) the path's gradient fades as a record is fit and the network gets its share.
+
+Which of the two wins depends on the steps a federation takes (bench/results/dp_recipe.md): with few
+(the demo's ~50 per institution) the network learns little and the fast raw path must carry the
+head; with many (~470 at 5,000 records per site) the network learns most of it, if the path lets it.
+``model.kmer_logit_bound: b`` serves both: the raw path's logits pass through ``b·tanh(z / b)``, so
+it learns at the raw path's speed while a record's path margin is small, and once the path is
+confident about a record its gradient fades and the record's clipped gradient goes to the network.
+The bound also caps how far the noise DP adds to the path's weights can move a prediction.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from common.tokenizer import A_ID, C_ID, G_ID, T_ID, VOCAB_SIZE
 
 MAX_KMER = 6
 MAX_KMER_NORM = 1000.0  # far above any useful scale (raw features: 20-130); keeps a config's value sane
+MAX_KMER_LOGIT_BOUND = 100.0  # tanh(z / 100) is z for any logit a path reaches: a larger bound means nothing
 N_CODE = 4  # bases are coded A0 C1 G2 T3; N, padding, mask and cls are 4 (no base)
 # A per-position window reaches 25 bases upstream of a base (the acceptor matrix's 24 bases before
 # its anchor, plus one) and 10 downstream (the donor's 6 after its anchor, plus a margin): both splice
@@ -106,15 +115,19 @@ class SequenceKmerPath(nn.Module):
     """Class logits ``[B, C]`` from a linear model on the record's k-mer enrichment (``both_strands``:
     on canonical k-mers, see :func:`kmer_enrichment`); ``norm > 0``: each record's feature vector
     scaled to that L2 norm (``model.kmer_norm``), so its per-record gradient is ``|p - y| * norm``
-    at most, whatever k and the window's length."""
+    at most, whatever k and the window's length; ``logit_bound > 0``: each class logit is
+    ``logit_bound·tanh(z / logit_bound)`` (``model.kmer_logit_bound``), within ±``logit_bound``."""
 
-    def __init__(self, k: int, num_classes: int, both_strands: bool = False, *, norm: float = 0.0):
+    def __init__(self, k: int, num_classes: int, both_strands: bool = False, *, norm: float = 0.0,
+                 logit_bound: float = 0.0):
         super().__init__()
         if not 1 <= k <= MAX_KMER:
             raise ValueError(f"k-mer path: expected 1 <= k <= {MAX_KMER}, got {k}")
         if not 0.0 <= norm <= MAX_KMER_NORM:
             raise ValueError(f"k-mer path: expected 0 <= norm <= {MAX_KMER_NORM:g}, got {norm}")
-        self.k, self.both_strands, self.norm = k, both_strands, norm
+        if not 0.0 <= logit_bound <= MAX_KMER_LOGIT_BOUND:
+            raise ValueError(f"k-mer path: expected 0 <= logit_bound <= {MAX_KMER_LOGIT_BOUND:g}, got {logit_bound}")
+        self.k, self.both_strands, self.norm, self.logit_bound = k, both_strands, norm, logit_bound
         self.linear = nn.Linear(kmer_feature_count(k, both_strands), num_classes)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
@@ -123,7 +136,10 @@ class SequenceKmerPath(nn.Module):
         features = kmer_enrichment(tokens, self.k, both_strands=self.both_strands)
         if self.norm:  # a record with no k-mer at all (all N) has the -1 vector: never zero
             features = features * (self.norm / features.norm(dim=1, keepdim=True).clamp(min=1e-6))
-        return self.linear(features)
+        logits = self.linear(features)
+        # Opacus computes nn.Linear's per-sample gradients from what flows back into it, so the tanh
+        # after it needs no sampler of its own.
+        return self.logit_bound * torch.tanh(logits / self.logit_bound) if self.logit_bound else logits
 
 
 def frame_codon_usage(tokens: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,14 @@ import torch.nn.functional as F
 from pydantic import ConfigDict
 
 from common.finetuning import add_lora, trainable_names
-from common.kmer_paths import MAX_KMER, MAX_KMER_NORM, FrameCodonPath, SequenceKmerPath, WindowKmerPath
+from common.kmer_paths import (
+    MAX_KMER,
+    MAX_KMER_LOGIT_BOUND,
+    MAX_KMER_NORM,
+    FrameCodonPath,
+    SequenceKmerPath,
+    WindowKmerPath,
+)
 from common.tasks import TASK_NAMES, get_task
 from common.tokenizer import PAD_ID, VOCAB_SIZE
 
@@ -41,7 +48,7 @@ class ModelConfigError(ValueError):
 Pooling = Literal["mean", "mean_max"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 # Options set per task: a mapping task -> value, or true/false or a list of tasks (ModelConfig.named_tasks).
-PER_TASK_OPTIONS = ("codon_frames", "kmer_both_strands", "kmer_linear", "kmer_norm")
+PER_TASK_OPTIONS = ("codon_frames", "kmer_both_strands", "kmer_linear", "kmer_logit_bound", "kmer_norm")
 
 
 def _is_k(value) -> bool:
@@ -86,6 +93,12 @@ class ModelConfig:
     # its share. Small norms suit tasks the network carries (position: promoter), larger ones tasks the
     # k-mers carry (binding motifs): bench/results/dp_recipe.md, ninth session.
     kmer_norm: float | dict[str, float] = 0.0
+    # > 0: each class logit of a sequence head's k-mer path is b·tanh(z / b), within ±b; or a mapping
+    # task -> b (0 or absent: unbounded). Why: a raw path learns fast (what a federation with few steps
+    # needs) but crowds the network out of the clipped gradient over many steps; bounded, its gradient
+    # fades once it is confident about a record, and the network learns the rest. Promoter at 2: near
+    # the raw path's MCC with the demo's ~50 steps and the scaled path's with 470 (dp_recipe.md).
+    kmer_logit_bound: float | dict[str, float] = 0.0
 
     # Read by pydantic when this dataclass sits inside a config file's schema: no unknown keys.
     __pydantic_config__ = ConfigDict(extra="forbid")
@@ -122,7 +135,8 @@ class ModelConfig:
         elif not _is_k(self.kmer_linear):
             raise ModelConfigError(f"model.kmer_linear: expected 0 (off), 1..{MAX_KMER} or a mapping task -> k, "
                                    f"got {self.kmer_linear!r}")
-        self._check_kmer_norm()
+        self._check_per_task_number("kmer_norm", "norm", MAX_KMER_NORM)
+        self._check_per_task_number("kmer_logit_bound", "bound", MAX_KMER_LOGIT_BOUND)
         for name in ("codon_phase", "hierarchical"):
             if not isinstance(getattr(self, name), bool):
                 raise ModelConfigError(f"model.{name}: expected true or false, got {getattr(self, name)!r}")
@@ -145,21 +159,24 @@ class ModelConfig:
         if self.epigenetic_tracks < 0:
             raise ModelConfigError(f"model.epigenetic_tracks: expected >= 0, got {self.epigenetic_tracks!r}")
 
-    def _check_kmer_norm(self) -> None:
-        def is_norm(value) -> bool:
+    def _check_per_task_number(self, option: str, what: str, limit: float) -> None:
+        """A k-mer path's numeric option (``kmer_norm``, ``kmer_logit_bound``): one value in [0, limit]
+        for every path, or a mapping task -> value for tasks that have a path."""
+        def in_range(value) -> bool:
             return (isinstance(value, int | float) and not isinstance(value, bool)
-                    and math.isfinite(value) and 0 <= value <= MAX_KMER_NORM)
+                    and math.isfinite(value) and 0 <= value <= limit)
 
-        expected = f"0 (off), a norm in (0, {MAX_KMER_NORM:g}] or a mapping task -> norm"
-        if isinstance(self.kmer_norm, Mapping):
-            if not all(isinstance(t, str) and is_norm(v) for t, v in self.kmer_norm.items()):
-                raise ModelConfigError(f"model.kmer_norm: expected {expected}, got {dict(self.kmer_norm)!r}")
-            object.__setattr__(self, "kmer_norm", {t: float(v) for t, v in sorted(self.kmer_norm.items())})
-            pathless = [t for t, v in self.kmer_norm.items() if v and not self.kmer_k(t)]
+        value = getattr(self, option)
+        expected = f"0 (off), a {what} in (0, {limit:g}] or a mapping task -> {what}"
+        if isinstance(value, Mapping):
+            if not all(isinstance(t, str) and in_range(v) for t, v in value.items()):
+                raise ModelConfigError(f"model.{option}: expected {expected}, got {dict(value)!r}")
+            object.__setattr__(self, option, {t: float(v) for t, v in sorted(value.items())})
+            pathless = [t for t, v in value.items() if v and not self.kmer_k(t)]
             if pathless:
-                raise ModelConfigError(f"model.kmer_norm: no k-mer path (model.kmer_linear) to scale for {pathless}")
-        elif not is_norm(self.kmer_norm):
-            raise ModelConfigError(f"model.kmer_norm: expected {expected}, got {self.kmer_norm!r}")
+                raise ModelConfigError(f"model.{option}: no k-mer path (model.kmer_linear) for {pathless}")
+        elif not in_range(value):
+            raise ModelConfigError(f"model.{option}: expected {expected}, got {value!r}")
 
     def _value_for(self, option: str, task: str):
         """A per-task numeric option's value for ``task``: a mapping's entry (0 when absent) or the one
@@ -174,6 +191,10 @@ class ModelConfig:
     def kmer_norm_of(self, task: str) -> float:
         """The L2 norm ``task``'s k-mer features are scaled to (0: raw enrichment)."""
         return float(self._value_for("kmer_norm", task))
+
+    def kmer_logit_bound_of(self, task: str) -> float:
+        """The bound on ``task``'s k-mer path's logits (0: unbounded)."""
+        return float(self._value_for("kmer_logit_bound", task))
 
     def named_tasks(self, option: str) -> tuple[str, ...]:
         """The tasks a per-task option (:data:`PER_TASK_OPTIONS`) names: a mapping's keys or a list's
@@ -362,14 +383,14 @@ class SequenceHead(nn.Module):
 
     def __init__(self, d_model: int, num_classes: int, dropout: float, kmer_linear: int = 0,
                  codon_frames: bool = False, pooling: str = "mean", *, kmer_both_strands: bool = False,
-                 kmer_norm: float = 0.0):
+                 kmer_norm: float = 0.0, kmer_logit_bound: float = 0.0):
         super().__init__()
         self.pooling = pooling
         width = 2 * d_model if pooling == "mean_max" else d_model
         self.mlp = nn.Sequential(nn.Linear(width, d_model // 2), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(d_model // 2, num_classes))
-        self.kmers = (SequenceKmerPath(kmer_linear, num_classes, kmer_both_strands, norm=kmer_norm)
-                      if kmer_linear else None)
+        self.kmers = (SequenceKmerPath(kmer_linear, num_classes, kmer_both_strands, norm=kmer_norm,
+                                       logit_bound=kmer_logit_bound) if kmer_linear else None)
         self.codons = FrameCodonPath(num_classes) if codon_frames else None
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -419,7 +440,8 @@ class GenomicTransformer(nn.Module):
                 except ValueError as err:
                     raise ModelConfigError(f"model.{option}: {err}") from None
         for option, path in (("codon_frames", "the codon path"), ("kmer_both_strands", "a canonical k-mer path"),
-                             ("kmer_norm", "the scaled k-mer path")):
+                             ("kmer_norm", "the scaled k-mer path"),
+                             ("kmer_logit_bound", "the bounded k-mer path")):
             wrong = [t for t in named[option] if t in self.tasks and get_task(t).per_position]
             if wrong:
                 raise ModelConfigError(f"model.{option}: {wrong} are per-position tasks; {path} scores whole "
@@ -440,7 +462,8 @@ class GenomicTransformer(nn.Module):
         return SequenceHead(cfg.d_model, spec.num_classes, cfg.dropout, cfg.kmer_k(task),
                             cfg.applies("codon_frames", spec.name), cfg.pooling,
                             kmer_both_strands=cfg.applies("kmer_both_strands", spec.name),
-                            kmer_norm=cfg.kmer_norm_of(spec.name))
+                            kmer_norm=cfg.kmer_norm_of(spec.name),
+                            kmer_logit_bound=cfg.kmer_logit_bound_of(spec.name))
 
     def encode(self, tokens: torch.Tensor, tracks: torch.Tensor | None = None) -> torch.Tensor:
         """The backbone alone: ``tokens [B, L]`` -> the final-normed per-base representation

@@ -32,13 +32,17 @@ def _kmer_paths(c: ModelConfig) -> str:
     def path(task: str | None, k: int) -> str:
         strands = c.applies("kmer_both_strands", task) if task else c.kmer_both_strands is True
         norm = c.kmer_norm_of(task) if task else (0.0 if isinstance(c.kmer_norm, dict) else c.kmer_norm)
+        bound = (c.kmer_logit_bound_of(task) if task
+                 else (0.0 if isinstance(c.kmer_logit_bound, dict) else c.kmer_logit_bound))
         return (f"{task + ': ' if task else ''}k = 1..{k}{', both strands' if strands else ''}"
-                f"{f', scaled to L2 norm {norm:g}' if norm else ''}")
+                f"{f', scaled to L2 norm {norm:g}' if norm else ''}"
+                f"{f', logits bounded by ±{bound:g} (tanh)' if bound else ''}")
 
     if isinstance(c.kmer_linear, dict):
         return "linear k-mer paths (" + "; ".join(path(t, k) for t, k in c.kmer_linear.items() if k) + ")"
-    if isinstance(c.kmer_both_strands, tuple) or isinstance(c.kmer_norm, dict):  # one k, per-task options
-        tasks = sorted({*c.named_tasks("kmer_both_strands"), *c.named_tasks("kmer_norm")})
+    per_task = ("kmer_both_strands", "kmer_norm", "kmer_logit_bound")
+    if any(c.named_tasks(option) for option in per_task):  # one k, per-task options
+        tasks = sorted({t for option in per_task for t in c.named_tasks(option)})
         return f"linear k-mer paths ({path(None, c.kmer_linear)}; " + "; ".join(path(t, c.kmer_linear) for t in tasks) + ")"
     return f"linear k-mer paths ({path(None, c.kmer_linear)})"
 

@@ -312,3 +312,87 @@ def test_the_feature_norm_goes_only_where_the_config_says_and_survives_a_checkpo
     for wrong in ({"splice": 2}, {"enchancer": 2}):  # per-position (a window path), or no task's name
         with pytest.raises(ModelConfigError, match="model.kmer_norm"):
             GenomicTransformer(config(kmer_linear=3, kmer_norm=wrong), tasks=("promoter", "splice"))
+
+
+def test_a_bounded_path_learns_like_a_raw_one_until_it_is_confident_then_lets_go():
+    """model.kmer_logit_bound: the path's logits are b·tanh(z / b): within ±b, close to the raw
+    path's while small, and a record the path already calls with a wide margin sends little gradient
+    through it (the clipped gradient goes to the network instead)."""
+    bound = 2.0
+    raw = SequenceKmerPath(4, 2)
+    bounded = SequenceKmerPath(4, 2, logit_bound=bound)
+    tokens = padded_tokens(SEQUENCES)
+    assert torch.equal(bounded(tokens), torch.zeros(len(SEQUENCES), 2))  # a fresh path still adds nothing
+    with torch.no_grad():
+        torch.nn.init.normal_(raw.linear.weight, std=0.5)
+        bounded.load_state_dict(raw.state_dict())
+        z = raw(tokens)
+        torch.testing.assert_close(bounded(tokens), bound * torch.tanh(z / bound))
+        assert z.abs().max() > 3 * bound and bounded(tokens).abs().max() <= bound  # the bound bites
+        small = raw.linear.weight * 1e-4  # tanh(x) ~ x near zero: a path that is not yet confident
+        raw.linear.weight.copy_(small)
+        bounded.linear.weight.copy_(small)
+        torch.testing.assert_close(bounded(tokens), raw(tokens), rtol=1e-4, atol=1e-7)
+
+    def path_gradient(path, weight_scale):
+        path.zero_grad()
+        with torch.no_grad():
+            path.linear.weight.zero_()
+            path.linear.bias.copy_(torch.tensor([-1.0, 1.0]) * weight_scale)  # calls class 1, margin 2 * scale
+        torch.nn.functional.cross_entropy(path(tokens[:1]), torch.tensor([1])).backward()
+        return path.linear.bias.grad.norm().item()
+
+    for path in (raw, bounded):  # a record called right by a small margin: both paths push alike
+        assert path_gradient(path, 0.1) == pytest.approx(path_gradient(raw, 0.1), rel=0.01)
+    # ... and by a margin past the bound: the bounded path lets go, the raw one still pushes
+    assert path_gradient(bounded, 6.0) < 0.02 * path_gradient(raw, 1.0)
+    assert path_gradient(raw, 1.0) > 0.1
+
+
+def test_opacus_per_sample_gradients_of_a_bounded_path_are_each_records_own():
+    """The privacy accounting rests on each record's clipped gradient being its own: Opacus builds
+    nn.Linear's per-sample gradients from what flows back into it, through the tanh; check them
+    against one backward pass per record."""
+    from opacus import GradSampleModule
+
+    torch.manual_seed(0)
+    path = SequenceKmerPath(3, 2, logit_bound=0.5)
+    torch.nn.init.normal_(path.linear.weight, std=0.5)  # saturated for some records, not for others
+    tokens = padded_tokens(SEQUENCES + ["ACGTGGGTTTACCA", "CCCCGGGGAAAATTTT"])
+    labels = torch.tensor([0, 1, 1, 0, 1, 0, 1])
+    sampled = GradSampleModule(path)  # loss_reduction "mean", as the trainer's engine
+    torch.nn.functional.cross_entropy(sampled(tokens), labels).backward()
+    for row in range(len(tokens)):
+        single = SequenceKmerPath(3, 2, logit_bound=0.5)
+        single.load_state_dict({k.removeprefix("_module."): v for k, v in sampled.state_dict().items()})
+        torch.nn.functional.cross_entropy(single(tokens[row : row + 1]), labels[row : row + 1]).backward()
+        torch.testing.assert_close(path.linear.weight.grad_sample[row], single.linear.weight.grad)
+        torch.testing.assert_close(path.linear.bias.grad_sample[row], single.linear.bias.grad)
+
+
+def test_the_logit_bound_goes_only_where_the_config_says_and_survives_a_checkpoint(tmp_path):
+    from common.checkpoint import load_model
+    from common.model import ModelConfigError
+    from common.model_card import basic_card
+
+    cfg = config(kmer_linear={"promoter": 4, "enhancer": 3, "splice": 2}, kmer_norm={"enhancer": 8},
+                 kmer_logit_bound={"promoter": 2})
+    model = GenomicTransformer(cfg, tasks=("promoter", "enhancer", "splice")).eval()
+    assert model.heads["promoter"].kmers.logit_bound == 2.0 and model.heads["enhancer"].kmers.logit_bound == 0.0
+    torch.nn.init.normal_(model.heads["promoter"].kmers.linear.weight, std=3.0)
+    loaded, _ = load_model(model.save_pretrained(tmp_path / "ckpt"))
+    assert loaded.config.kmer_logit_bound == {"promoter": 2.0}
+    tokens = padded_tokens(["ACGTTGACCATGGAACGGGTA", "TTTTTGGGCA"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens, "promoter").logits, model(tokens, "promoter").logits)
+    card = basic_card(model_config=cfg, tasks=("promoter", "enhancer"), round=0, state={})
+    assert "promoter: k = 1..4, logits bounded by ±2 (tanh)" in card and "enhancer: k = 1..3, scaled to L2 norm 8" in card
+    for wrong, match in (({"kmer_linear": 3, "kmer_logit_bound": -1}, "expected 0"),
+                         ({"kmer_linear": 3, "kmer_logit_bound": float("inf")}, "expected 0"),
+                         ({"kmer_linear": 3, "kmer_logit_bound": 101}, "expected 0"),
+                         ({"kmer_linear": 3, "kmer_logit_bound": {"promoter": None}}, "expected 0"),
+                         ({"kmer_linear": {"promoter": 4}, "kmer_logit_bound": {"enhancer": 2}}, "no k-mer path")):
+        with pytest.raises(ModelConfigError, match=f"model.kmer_logit_bound: {match}"):
+            config(**wrong)
+    with pytest.raises(ModelConfigError, match="model.kmer_logit_bound: .*per-position"):
+        GenomicTransformer(config(kmer_linear=3, kmer_logit_bound={"splice": 2}), tasks=("promoter", "splice"))

@@ -12,6 +12,8 @@ from common.tokenizer import PAD_ID
 OPTIONS = {"plain": {}, "codon_phase": {"codon_phase": True}, "hierarchical": {"hierarchical": True},
            "multimodal": {"epigenetic_tracks": 3}, "motif_stem": {"motif_kernel": 5},
            "linear_paths": {"kmer_linear": 3, "codon_frames": True}, "mean_max_pooling": {"pooling": "mean_max"},
+           "scaled_bounded_paths": {"kmer_linear": {"promoter": 3, "coding": 2, "splice": 2},
+                                    "kmer_norm": {"coding": 4}, "kmer_logit_bound": {"promoter": 0.5}},
            "all": {"codon_phase": True, "hierarchical": True, "epigenetic_tracks": 2, "motif_kernel": 3,
                    "kmer_linear": 2, "codon_frames": True, "pooling": "mean_max"}}
 
