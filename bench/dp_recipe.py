@@ -95,8 +95,27 @@ def head(task: str, metrics: dict, metric: str | None = None) -> float:
     return float(metrics[metric or get_task(task).headline_metric])
 
 
+def scores_by_part(model: GenomicTransformer, test: dict) -> dict[str, dict[str, dict]]:
+    """Which part of a sequence head carries it: the test metrics of the whole head, of its network
+    alone (the k-mer path's logits set to zero) and of its k-mer path alone (the network's output
+    replaced by its last bias, the head's threshold), for every sequence task with a path."""
+    parts = {}
+    for task, data in test.items():
+        head_module = model.heads[task]
+        if getattr(head_module, "kmers", None) is None or get_task(task).per_position:
+            continue
+        silence_path = head_module.kmers.register_forward_hook(lambda _m, _i, out: torch.zeros_like(out))
+        network_alone = evaluate(model, data, batch_size=128)
+        silence_path.remove()
+        silence_network = head_module.mlp.register_forward_hook(lambda m, _i, out: m[-1].bias.expand_as(out))
+        path_alone = evaluate(model, data, batch_size=128)
+        silence_network.remove()
+        parts[task] = {"network alone": network_alone, "path alone": path_alone}
+    return parts
+
+
 def federate(config, shares, test, *, epsilon, rounds, variant, init_checkpoint, work: Path,
-             metric: str | None = None) -> dict[str, float]:
+             metric: str | None = None, parts: bool = False) -> dict[str, float]:
     """``rounds`` rounds of the institutions' DP training and FedAvg; the final model's test metrics."""
     start, mode = variant.split("/")
     model_config = config.model
@@ -133,6 +152,9 @@ def federate(config, shares, test, *, epsilon, rounds, variant, init_checkpoint,
     epsilon_spent = max(agent.epsilon() for agent in agents)
     metrics = {task: evaluate(model, data, batch_size=128) for task, data in test.items()}
     print(f"ε={epsilon:g} {variant}: every test metric {metrics}", flush=True)
+    for task, scored in (scores_by_part(model, test) if parts else {}).items():
+        print(f"ε={epsilon:g} {variant} {task}: " + "; ".join(
+            f"{name} MCC {m['mcc']:.3f} AUROC {m['auroc']:.3f}" for name, m in scored.items()), flush=True)
     return {**{task: head(task, m, metric) for task, m in metrics.items()}, "epsilon": epsilon_spent}
 
 
@@ -179,6 +201,8 @@ def main() -> int:
                         help="report this metric (e.g. auroc, auprc) instead of each task's headline metric")
     parser.add_argument("--positive-fraction", type=float, default=None,
                         help="keep every negative and this fraction of positives in train and test (binary tasks)")
+    parser.add_argument("--parts", action="store_true",
+                        help="also score each sequence head's network alone and k-mer path alone (binary tasks)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     metric = args.metric
@@ -221,7 +245,8 @@ def main() -> int:
         for variant in [] if args.skip_federated else args.variants:
             for eps in args.epsilons:
                 scores = federate(config, shares, test, epsilon=eps, rounds=args.rounds, variant=variant,
-                                  init_checkpoint=args.init_checkpoint, work=Path(work), metric=metric)
+                                  init_checkpoint=args.init_checkpoint, work=Path(work), metric=metric,
+                                  parts=args.parts)
                 rows[f"federated {args.institutions} sites, {variant}, ε={eps:g} (spent {scores.pop('epsilon'):.2f})"] = scores
                 print(variant, eps, scores, f"{time.monotonic() - started:.0f}s", flush=True)
     table = ["| model | " + " | ".join(args.tasks) + " |", "|---|" + "---|" * len(args.tasks)]
