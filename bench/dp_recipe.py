@@ -96,9 +96,9 @@ def head(task: str, metrics: dict, metric: str | None = None) -> float:
 
 
 def scores_by_part(model: GenomicTransformer, test: dict) -> dict[str, dict[str, dict]]:
-    """Which part of a sequence head carries it: the test metrics of the whole head, of its network
-    alone (the k-mer path's logits set to zero) and of its k-mer path alone (the network's output
-    replaced by its last bias, the head's threshold), for every sequence task with a path."""
+    """Which part of a sequence head carries it: for every sequence task with a k-mer path, the test
+    metrics of its network alone (the path's logits set to zero) and of its path alone (the network's
+    output replaced by its last bias, which holds the head's threshold)."""
     parts = {}
     for task, data in test.items():
         head_module = model.heads[task]
@@ -153,8 +153,9 @@ def federate(config, shares, test, *, epsilon, rounds, variant, init_checkpoint,
     metrics = {task: evaluate(model, data, batch_size=128) for task, data in test.items()}
     print(f"ε={epsilon:g} {variant}: every test metric {metrics}", flush=True)
     for task, scored in (scores_by_part(model, test) if parts else {}).items():
+        shown = [key for key in (get_task(task).headline_metric, "auroc") if key in metrics[task]]
         print(f"ε={epsilon:g} {variant} {task}: " + "; ".join(
-            f"{name} MCC {m['mcc']:.3f} AUROC {m['auroc']:.3f}" for name, m in scored.items()), flush=True)
+            f"{name} " + " ".join(f"{key} {m[key]:.3f}" for key in shown) for name, m in scored.items()), flush=True)
     return {**{task: head(task, m, metric) for task, m in metrics.items()}, "epsilon": epsilon_spent}
 
 
@@ -202,7 +203,7 @@ def main() -> int:
     parser.add_argument("--positive-fraction", type=float, default=None,
                         help="keep every negative and this fraction of positives in train and test (binary tasks)")
     parser.add_argument("--parts", action="store_true",
-                        help="also score each sequence head's network alone and k-mer path alone (binary tasks)")
+                        help="also score each sequence head's network alone and k-mer path alone")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     metric = args.metric
