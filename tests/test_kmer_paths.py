@@ -334,19 +334,20 @@ def test_a_bounded_path_learns_like_a_raw_one_until_it_is_confident_then_lets_go
         bounded.linear.weight.copy_(small)
         torch.testing.assert_close(bounded(tokens), raw(tokens), rtol=1e-4, atol=1e-7)
 
-    def path_gradient(path, weight_scale):
+    def path_gradient(path, logit, label):
         path.zero_grad()
         with torch.no_grad():
             path.linear.weight.zero_()
-            path.linear.bias.copy_(torch.tensor([-1.0, 1.0]) * weight_scale)  # calls class 1, margin 2 * scale
-        torch.nn.functional.cross_entropy(path(tokens[:1]), torch.tensor([1])).backward()
+            path.linear.bias.copy_(torch.tensor([-logit, logit]))  # z calls class 1 by a margin of 2 * logit
+        torch.nn.functional.cross_entropy(path(tokens[:1]), torch.tensor([label])).backward()
         return path.linear.bias.grad.norm().item()
 
-    for path in (raw, bounded):  # a record called right by a small margin: both paths push alike
-        assert path_gradient(path, 0.1) == pytest.approx(path_gradient(raw, 0.1), rel=0.01)
-    # ... and by a margin past the bound: the bounded path lets go, the raw one still pushes
-    assert path_gradient(bounded, 6.0) < 0.02 * path_gradient(raw, 1.0)
-    assert path_gradient(raw, 1.0) > 0.1
+    for label in (0, 1):  # a small margin, right or wrong: both paths push alike
+        assert path_gradient(bounded, 0.1, label) == pytest.approx(path_gradient(raw, 0.1, label), rel=0.01)
+    # a margin far past the bound: the raw path still pushes at almost full length on a record it calls
+    # wrong (under DP: the whole clipped gradient), the bounded one has let go of it
+    assert path_gradient(raw, 6.0, 0) > 1.0
+    assert path_gradient(bounded, 6.0, 0) < 0.02 * path_gradient(raw, 6.0, 0)
 
 
 def test_opacus_per_sample_gradients_of_a_bounded_path_are_each_records_own():
