@@ -2,8 +2,9 @@
 (client/trainer.py) and the DP k-mer baseline (common/analysis/dp_baselines.py).
 
 Used through :meth:`ClippingOptimizer.take_over` on the optimizer ``PrivacyEngine.make_private`` returns
-(only ``clip_and_accumulate`` differs), then setting ``record_weights`` per physical batch where wanted. Every variant keeps each record's contribution within ``max_grad_norm``, so the
-noise Opacus adds and its accountant are unchanged.
+(only ``clip_and_accumulate`` differs), then setting ``record_weights`` per physical batch where wanted.
+Every variant keeps each record's contribution within ``max_grad_norm``, so the noise Opacus adds and its
+accountant are unchanged.
 """
 
 from __future__ import annotations

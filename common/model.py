@@ -178,9 +178,9 @@ class ModelConfig:
         elif not in_range(value):
             raise ModelConfigError(f"model.{option}: expected {expected}, got {value!r}")
 
-    def _value_for(self, option: str, task: str):
+    def _value_for(self, option: str, task: str | None):
         """A per-task numeric option's value for ``task``: a mapping's entry (0 when absent) or the one
-        value every task shares."""
+        value every task shares (``task`` None: that shared value, 0 when the option is a mapping)."""
         value = getattr(self, option)
         return value.get(task, 0) if isinstance(value, dict) else value
 
@@ -188,12 +188,12 @@ class ModelConfig:
         """The k of ``task``'s head's k-mer path (0: none)."""
         return self._value_for("kmer_linear", task)
 
-    def kmer_norm_of(self, task: str) -> float:
-        """The L2 norm ``task``'s k-mer features are scaled to (0: raw enrichment)."""
+    def kmer_norm_of(self, task: str | None) -> float:
+        """The L2 norm ``task``'s k-mer features are scaled to (0: raw enrichment; None: every path's)."""
         return float(self._value_for("kmer_norm", task))
 
-    def kmer_logit_bound_of(self, task: str) -> float:
-        """The bound on ``task``'s k-mer path's logits (0: unbounded)."""
+    def kmer_logit_bound_of(self, task: str | None) -> float:
+        """The bound on ``task``'s k-mer path's logits (0: unbounded; None: every path's)."""
         return float(self._value_for("kmer_logit_bound", task))
 
     def named_tasks(self, option: str) -> tuple[str, ...]:
