@@ -202,9 +202,9 @@ class ModelConfig:
         value = getattr(self, option)
         return tuple(value) if isinstance(value, tuple | dict) else ()
 
-    def applies(self, option: str, task: str) -> bool:
+    def applies(self, option: str, task: str | None) -> bool:
         """Whether a per-task option set to true or to a list of tasks (``codon_frames``,
-        ``kmer_both_strands``) applies to ``task``'s head."""
+        ``kmer_both_strands``) applies to ``task``'s head (None: to every head, i.e. set to true)."""
         value = getattr(self, option)
         return value is True or (isinstance(value, tuple) and task in value)
 

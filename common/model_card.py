@@ -30,8 +30,8 @@ def _front_matter(tasks: Sequence[str], species: Sequence[str]) -> list[str]:
 
 def _kmer_paths(c: ModelConfig) -> str:
     def path(task: str | None, k: int) -> str:
-        strands = c.applies("kmer_both_strands", task) if task else c.kmer_both_strands is True
-        norm, bound = c.kmer_norm_of(task), c.kmer_logit_bound_of(task)  # task None: the shared value
+        strands = c.applies("kmer_both_strands", task)  # task None: the shared value
+        norm, bound = c.kmer_norm_of(task), c.kmer_logit_bound_of(task)
         return (f"{task + ': ' if task else ''}k = 1..{k}{', both strands' if strands else ''}"
                 f"{f', scaled to L2 norm {norm:g}' if norm else ''}"
                 f"{f', logits bounded by ±{bound:g} (tanh)' if bound else ''}")

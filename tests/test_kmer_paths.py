@@ -253,6 +253,18 @@ def test_a_both_strand_model_round_trips_through_a_checkpoint_and_says_so_on_its
     assert "linear k-mer paths (enhancer: k = 1..3, both strands; promoter: k = 1..4)" in card
 
 
+def test_a_card_names_the_shared_settings_when_every_head_has_the_same_path():
+    from common.model_card import basic_card
+
+    cfg = config(kmer_linear=3, kmer_both_strands=True, kmer_norm=4.0, kmer_logit_bound=2.0)
+    card = basic_card(model_config=cfg, tasks=("promoter", "enhancer"), round=0, state={})
+    assert "k = 1..3, both strands, scaled to L2 norm 4, logits bounded by ±2 (tanh)" in card
+    one_strand = config(kmer_linear=3, kmer_both_strands=["enhancer"], kmer_norm={"enhancer": 8.0})
+    card = basic_card(model_config=one_strand, tasks=("promoter", "enhancer"), round=0, state={})
+    # the shared part names no per-task setting; the task that has them is listed after it
+    assert "linear k-mer paths (k = 1..3; enhancer: k = 1..3, both strands, scaled to L2 norm 8)" in card
+
+
 @pytest.mark.parametrize("k, both_strands", [(2, False), (4, False), (5, True)])
 def test_a_scaled_path_bounds_each_records_gradient_whatever_k_and_length(k, both_strands):
     """model.kmer_norm: the raw features' norm grows with k and falls with length (20-130 for
