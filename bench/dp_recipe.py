@@ -115,8 +115,10 @@ def scores_by_part(model: GenomicTransformer, test: dict) -> dict[str, dict[str,
 
 
 def federate(config, shares, test, *, epsilon, rounds, variant, init_checkpoint, work: Path,
-             metric: str | None = None, parts: bool = False) -> dict[str, float]:
-    """``rounds`` rounds of the institutions' DP training and FedAvg; the final model's test metrics."""
+             metric: str | None = None, parts: bool = False, tail_average: tuple[int, ...] = ()) -> dict[str, float]:
+    """``rounds`` rounds of the institutions' DP training and FedAvg; the final model's test metrics.
+    ``tail_average``: also print each round's test metrics and those of the mean of the last m rounds'
+    global models for each m (post-processing of what every institution already received)."""
     start, mode = variant.split("/")
     model_config = config.model
     if mode == "lora" and not model_config.lora_rank:
@@ -137,6 +139,7 @@ def federate(config, shares, test, *, epsilon, rounds, variant, init_checkpoint,
                                         state_dir=work / f"state-{i}-{variant.replace('/', '-')}-{epsilon}",
                                         device="cpu", privacy=privacy)
         agents.append(InstitutionAgent(institution, federation_training=training))
+    history: list[dict[str, torch.Tensor]] = []
     for r in range(1, rounds + 1):
         previous = {k: v.numpy() for k, v in model.state_dict().items()}
         updates = []
@@ -149,6 +152,17 @@ def federate(config, shares, test, *, epsilon, rounds, variant, init_checkpoint,
                                       outcome.examples))
         weights, _ = aggregate(updates, previous)
         model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+        if tail_average:
+            history.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            scored = {task: round(head(task, evaluate(model, data, batch_size=128), metric), 3) for task, data in test.items()}
+            print(f"ε={epsilon:g} {variant} round {r}: {scored}", flush=True)
+    for m in tail_average:
+        averaged = GenomicTransformer(model_config, tasks=tasks)
+        averaged.load_state_dict({k: torch.stack([h[k] for h in history[-m:]]).mean(0) if v.is_floating_point() else v
+                                  for k, v in model.state_dict().items()})
+        scored = {task: evaluate(averaged, data, batch_size=128) for task, data in test.items()}
+        print(f"ε={epsilon:g} {variant} mean of the last {m} rounds' models: "
+              + str({task: round(head(task, s, metric), 3) for task, s in scored.items()}), flush=True)
     epsilon_spent = max(agent.epsilon() for agent in agents)
     metrics = {task: evaluate(model, data, batch_size=128) for task, data in test.items()}
     print(f"ε={epsilon:g} {variant}: every test metric {metrics}", flush=True)
@@ -204,6 +218,8 @@ def main() -> int:
                         help="keep every negative and this fraction of positives in train and test (binary tasks)")
     parser.add_argument("--parts", action="store_true",
                         help="also score each sequence head's network alone and k-mer path alone")
+    parser.add_argument("--tail-average", type=int, nargs="+", default=[], metavar="M",
+                        help="also score every round and the mean of the last M rounds' global models")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     metric = args.metric
@@ -247,7 +263,7 @@ def main() -> int:
             for eps in args.epsilons:
                 scores = federate(config, shares, test, epsilon=eps, rounds=args.rounds, variant=variant,
                                   init_checkpoint=args.init_checkpoint, work=Path(work), metric=metric,
-                                  parts=args.parts)
+                                  parts=args.parts, tail_average=tuple(args.tail_average))
                 rows[f"federated {args.institutions} sites, {variant}, ε={eps:g} (spent {scores.pop('epsilon'):.2f})"] = scores
                 print(variant, eps, scores, f"{time.monotonic() - started:.0f}s", flush=True)
     table = ["| model | " + " | ".join(args.tasks) + " |", "|---|" + "---|" * len(args.tasks)]
