@@ -6,6 +6,7 @@ baseline, centralized non-DP training and a federation of institutions under DP,
         [--variants scratch/all pretrained/all pretrained/heads pretrained/lora] [--out FILE.md]
         [--centralized-epochs N] [--skip-centralized | --skip-federated] [--local-epochs E] [--learning-rate LR]
         [--model KEY=VALUE ...] [--training KEY=VALUE ...] [--metric auroc] [--positive-fraction 0.2]
+        [--parts] [--accountant rdp|prv] [--tail-average M ...]
 
 DIR holds ``<task>/{train,val,test}.tsv`` (a real set from bench/real_data/build_real_sets.py, or one
 institution's generated data). The training split is dealt at random into ``--institutions``
@@ -115,7 +116,8 @@ def scores_by_part(model: GenomicTransformer, test: dict) -> dict[str, dict[str,
 
 
 def federate(config, shares, test, *, epsilon, rounds, variant, init_checkpoint, work: Path,
-             metric: str | None = None, parts: bool = False, accountant: str = "rdp", tail_average: tuple[int, ...] = ()) -> dict[str, float]:
+             metric: str | None = None, parts: bool = False, accountant: str = "rdp",
+             tail_average: tuple[int, ...] = ()) -> dict[str, float]:
     """``rounds`` rounds of the institutions' DP training and FedAvg; the final model's test metrics.
     ``tail_average``: also print each round's test metrics and those of the mean of the last m rounds'
     global models for each m (post-processing of what every institution already received)."""
@@ -225,6 +227,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     metric = args.metric
+    if any(not 1 <= m <= args.rounds for m in args.tail_average):
+        parser.error(f"--tail-average: each M must be 1..{args.rounds} (--rounds), got {args.tail_average}")
     for task in args.tasks if metric else ():  # a typo is named now, not as a KeyError after the runs
         if metric not in (keys := metric_keys(get_task(task))):
             parser.error(f"--metric: {task} has no metric {metric!r}; it has {', '.join(keys)}")
