@@ -107,11 +107,20 @@ def planned_segments(datasets: dict[str, GenomicDataset], training: TrainingConf
     return segments
 
 
-def _make_optimizer(params: list[torch.nn.Parameter], training: TrainingConfig) -> torch.optim.Optimizer:
+def _make_optimizer(params: dict[str, torch.nn.Parameter], training: TrainingConfig, task: str
+                    ) -> torch.optim.Optimizer:
+    """The task's optimizer: one group at ``learning_rate``, and the task's k-mer path in its own group
+    at ``kmer_path_lr_scale`` times it where the training section asks (each group keeps its
+    ``lr_scale``, which :func:`_set_lr` applies on every step of the schedule)."""
+    scale = training.kmer_path_lr_scale.get(task, 1.0)
+    path = {n for n in params if n.startswith(f"heads.{task}.kmers.")} if scale != 1.0 else set()
+    groups = [{"params": [p for n, p in params.items() if n not in path], "lr_scale": 1.0}]
+    if path:
+        groups.append({"params": [p for n, p in params.items() if n in path], "lr_scale": scale})
     if training.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=training.learning_rate, momentum=0.9,
+        return torch.optim.SGD(groups, lr=training.learning_rate, momentum=0.9,
                                weight_decay=training.weight_decay)
-    return torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay)
+    return torch.optim.AdamW(groups, lr=training.learning_rate, weight_decay=training.weight_decay)
 
 
 def _entropy_generator(device: torch.device | str) -> torch.Generator:
@@ -185,7 +194,7 @@ class _Steps:
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def _trained_parameters(model: GenomicTransformer, task: str, training: TrainingConfig
@@ -222,7 +231,7 @@ def train_task_dp(model: GenomicTransformer, dataset: GenomicDataset, *, trainin
                         generator=_entropy_generator("cpu"))
     engine = PrivacyEngine(accountant=accountant)
     hooks, optimizer, dp_loader = engine.make_private(
-        module=model, optimizer=_make_optimizer(list(params.values()), training),
+        module=model, optimizer=_make_optimizer(params, training, task),
         data_loader=loader, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
         poisson_sampling=True, grad_sample_mode="hooks", wrap_model=False,
         noise_generator=_entropy_generator(device))
@@ -283,7 +292,7 @@ def train_task_plain(model: GenomicTransformer, dataset: GenomicDataset, *, trai
     """The same local training without DP (the centralized upper bound; ``--no-dp``)."""
     task = dataset.task.name
     params = _trained_parameters(model, task, training)
-    optimizer = _make_optimizer(list(params.values()), training)
+    optimizer = _make_optimizer(params, training, task)
     loader = DataLoader(dataset, batch_size=training.batch_size, collate_fn=collate, shuffle=True)
     steps = _Steps(steps_per_round(examples=len(dataset), training=training), training, progress)
     taken, losses = 0, []

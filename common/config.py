@@ -115,6 +115,13 @@ class TrainingConfig(StrictModel):
     # unchanged. Fixed in the config, never computed from class counts (that would make one record's
     # contribution depend on the others). Without DP nothing is clipped and they do nothing.
     weights_after_clipping: dict[TaskName, tuple[float, ...]] = Field(default_factory=dict)
+    # A multiple of learning_rate for a task's k-mer path ({task: scale}); the rest of the model keeps
+    # learning_rate. Under DP-Adam every coordinate moves about lr per step whatever its signal, so a path
+    # whose weights must grow large (splice's per-base window: log-odds of a few units per base) needs
+    # more steps than the network at one rate. It changes what the optimizer does with the noised
+    # gradient, not the gradient: clipping, noise and accounting are unchanged.
+    kmer_path_lr_scale: dict[TaskName, Annotated[float, Field(gt=0.0, le=100.0, allow_inf_nan=False)]] = Field(
+        default_factory=dict)
     max_len: int = Field(512, ge=1)  # longest sequence accepted from data
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast applies on CUDA only
     seed: int = 0
@@ -357,6 +364,11 @@ class FederationConfig(StrictModel):
             if foreign:
                 raise ValueError(f"model.{option}: {foreign} are not federation tasks {list(self.tasks)}")
         check_weights_after_clipping(self.training.weights_after_clipping, self.tasks)
+        for task in self.training.kmer_path_lr_scale:
+            if task not in self.tasks:
+                raise ValueError(f"training.kmer_path_lr_scale: {task!r} is not one of the tasks {list(self.tasks)}")
+            if not self.model.kmer_k(task):
+                raise ValueError(f"training.kmer_path_lr_scale: {task!r} has no k-mer path (model.kmer_linear)")
         for institution in self.institutions:
             for name, declaration in institution.task_declarations.items():
                 if name in self.task_declarations and declaration != self.task_declarations[name]:

@@ -43,6 +43,9 @@ def training_summary(config: FederationConfig) -> str:
     if t.weights_after_clipping:
         parts.append("weights after clipping " + ", ".join(
             f"{task} {list(weights)}" for task, weights in sorted(t.weights_after_clipping.items())))
+    if t.kmer_path_lr_scale:
+        parts.append("k-mer path learning rate x " + ", ".join(
+            f"{task} {scale:g}" for task, scale in sorted(t.kmer_path_lr_scale.items())))
     parts.append(f"aggregation {config.aggregation.mode}")
     parts.append(f"started from {config.init_checkpoint.name}" if config.init_checkpoint else "from scratch")
     return "; ".join(parts)

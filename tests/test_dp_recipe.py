@@ -124,3 +124,65 @@ def test_the_model_card_says_which_recipe_options_trained_the_model():
     summary = training_summary(tuned)
     assert "automatic clipping" in summary and "label smoothing 0.1" in summary
     assert "weights after clipping promoter [0.5, 1.0]" in summary and summary.endswith("from scratch")
+    scaled = parse_config({"tasks": ["promoter", "splice"], "model": {"kmer_linear": {"splice": 2}},
+                           "training": {"kmer_path_lr_scale": {"splice": 2}}}, FederationConfig)
+    assert "k-mer path learning rate x splice 2" in training_summary(scaled)
+    assert "k-mer path" not in summary
+
+
+def _one_private_step(scale: float) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One DP-SGD step without noise, from the same weights on the same batch, with splice's k-mer path
+    at ``scale`` times the learning rate: (weights before, weights after)."""
+    from client.trainer import _make_optimizer, _set_lr
+    from common.data.dataset import GenomicDataset, collate
+    from common.model import GenomicTransformer, ModelConfig
+    from common.synthetic.generator import generate
+    from common.tasks import task_loss
+
+    torch.manual_seed(0)
+    model = GenomicTransformer(ModelConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, dropout=0.0, max_len=128,
+                                           kmer_linear={"splice": 2}), tasks=("splice",))
+    with torch.no_grad():  # a trained-looking path: a zero-initialised one gets the same gradient either way
+        model.heads["splice"].kmers.conv.weight.normal_(0.0, 0.1)
+    records = generate(task="splice", species="human", n=8, seed=3, length=100).records
+    dataset = GenomicDataset(records, task="splice")
+    tokens, labels = collate([dataset[i] for i in range(len(dataset))])
+    params = dict(model.named_parameters())
+    training = TrainingConfig(optimizer="sgd", learning_rate=0.1, kmer_path_lr_scale={"splice": scale})
+    hooks, optimizer, _ = PrivacyEngine(accountant="rdp").make_private(
+        module=model, optimizer=_make_optimizer(params, training, "splice"),
+        data_loader=DataLoader(TensorDataset(tokens, labels), batch_size=8), noise_multiplier=0.0,
+        max_grad_norm=1.0, poisson_sampling=False, grad_sample_mode="hooks", wrap_model=False)
+    before = {n: p.detach().clone() for n, p in params.items()}
+    _set_lr(optimizer, training.learning_rate)
+    task_loss("splice", model(tokens, "splice").logits, labels).backward()
+    optimizer.step()
+    hooks.cleanup()
+    return before, {n: p.detach().clone() for n, p in params.items()}
+
+
+def test_a_kmer_path_learning_rate_scale_moves_only_that_path_faster():
+    """Same clipped gradient (the scale is not in the loss or the clipping), so the path's step is exactly
+    ``scale`` times as long and every other parameter's step is unchanged."""
+    start, plain = _one_private_step(1.0)
+    start_scaled, scaled = _one_private_step(3.0)
+    path = [n for n in plain if n.startswith("heads.splice.kmers.")]
+    assert path and all(torch.equal(start[n], start_scaled[n]) for n in plain)
+    for name in plain:
+        step, step_scaled = plain[name] - start[name], scaled[name] - start[name]
+        expected = 3.0 * step if name in path else step
+        torch.testing.assert_close(step_scaled, expected, rtol=1e-4, atol=1e-7)
+    assert sum(float((plain[n] - start[n]).norm()) for n in path) > 0  # the path did move
+
+
+@pytest.mark.parametrize("scales, message", [
+    ({"splice": 0}, "greater than 0"), ({"splice": -1.0}, "greater than 0"), ({"splice": 101}, "less than or equal to 100"),
+    ({"splice": float("nan")}, "finite"), ({"splice": float("inf")}, "finite"),
+    ({"enhancer": 2.0}, "'enhancer' is not one of the tasks"), ({"promoter": 2.0}, "'promoter' has no k-mer path")])
+def test_a_bad_kmer_path_learning_rate_scale_is_refused_by_name(scales, message):
+    from common.config import ConfigError, FederationConfig, parse_config
+
+    with pytest.raises(ConfigError, match="kmer_path_lr_scale") as caught:
+        parse_config({"tasks": ["promoter", "splice"], "model": {"kmer_linear": {"splice": 2}},
+                      "training": {"kmer_path_lr_scale": scales}}, FederationConfig)
+    assert message in str(caught.value)
