@@ -1,4 +1,4 @@
-"""The recipe's knobs: the learning-rate schedule over the federation, automatic clipping, weights after
+"""The recipe's knobs: the learning-rate schedule over the federation, a k-mer path's rate, automatic clipping, weights after
 clipping, EMA."""
 
 import pytest
@@ -6,9 +6,13 @@ import torch
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader, TensorDataset
 
-from client.trainer import WeightAverage, _Steps
+from client.trainer import WeightAverage, _make_optimizer, _set_lr, _Steps
 from common.clipping import ClippingOptimizer
-from common.config import TrainingConfig
+from common.config import ConfigError, FederationConfig, TrainingConfig, parse_config
+from common.data.dataset import GenomicDataset, collate
+from common.model import GenomicTransformer, ModelConfig
+from common.synthetic.generator import generate
+from common.tasks import task_loss
 
 
 @pytest.mark.parametrize("schedule, expected", [
@@ -113,7 +117,6 @@ def test_weight_average_warm_start():
 
 
 def test_the_model_card_says_which_recipe_options_trained_the_model():
-    from common.config import FederationConfig, parse_config
     from server.checkpoints import training_summary
 
     plain = parse_config({"tasks": ["promoter", "splice"]}, FederationConfig)
@@ -133,12 +136,6 @@ def test_the_model_card_says_which_recipe_options_trained_the_model():
 def _one_private_step(scale: float) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """One DP-SGD step without noise, from the same weights on the same batch, with splice's k-mer path
     at ``scale`` times the learning rate: (weights before, weights after)."""
-    from client.trainer import _make_optimizer, _set_lr
-    from common.data.dataset import GenomicDataset, collate
-    from common.model import GenomicTransformer, ModelConfig
-    from common.synthetic.generator import generate
-    from common.tasks import task_loss
-
     torch.manual_seed(0)
     model = GenomicTransformer(ModelConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, dropout=0.0, max_len=128,
                                            kmer_linear={"splice": 2}), tasks=("splice",))
@@ -180,8 +177,6 @@ def test_a_kmer_path_learning_rate_scale_moves_only_that_path_faster():
     ({"splice": float("nan")}, "finite"), ({"splice": float("inf")}, "finite"),
     ({"enhancer": 2.0}, "'enhancer' is not one of the tasks"), ({"promoter": 2.0}, "'promoter' has no k-mer path")])
 def test_a_bad_kmer_path_learning_rate_scale_is_refused_by_name(scales, message):
-    from common.config import ConfigError, FederationConfig, parse_config
-
     with pytest.raises(ConfigError, match="kmer_path_lr_scale") as caught:
         parse_config({"tasks": ["promoter", "splice"], "model": {"kmer_linear": {"splice": 2}},
                       "training": {"kmer_path_lr_scale": scales}}, FederationConfig)
