@@ -1,5 +1,5 @@
-"""The recipe's knobs: the learning-rate schedule over the federation, a k-mer path's rate, automatic clipping, weights after
-clipping, EMA."""
+"""The recipe's knobs: the learning-rate schedule over the federation, a k-mer path's rate, automatic
+clipping, weights after clipping, EMA."""
 
 import pytest
 import torch
