@@ -6,7 +6,7 @@ baseline, centralized non-DP training and a federation of institutions under DP,
         [--variants scratch/all pretrained/all pretrained/heads pretrained/lora] [--out FILE.md]
         [--centralized-epochs N] [--skip-centralized | --skip-federated] [--local-epochs E] [--learning-rate LR]
         [--model KEY=VALUE ...] [--training KEY=VALUE ...] [--metric auroc] [--positive-fraction 0.2]
-        [--parts] [--accountant rdp|prv] [--tail-average M ...]
+        [--parts] [--accountant rdp|prv] [--max-grad-norm C] [--tail-average M ...]
 
 DIR holds ``<task>/{train,val,test}.tsv`` (a real set from bench/real_data/build_real_sets.py, or one
 institution's generated data). The training split is dealt at random into ``--institutions``
@@ -117,7 +117,7 @@ def scores_by_part(model: GenomicTransformer, test: dict) -> dict[str, dict[str,
 
 def federate(config, shares, test, *, epsilon, rounds, variant, init_checkpoint, work: Path,
              metric: str | None = None, parts: bool = False, accountant: str = "rdp",
-             tail_average: tuple[int, ...] = ()) -> dict[str, float]:
+             max_grad_norm: float = 1.0, tail_average: tuple[int, ...] = ()) -> dict[str, float]:
     """``rounds`` rounds of the institutions' DP training and FedAvg; the final model's test metrics.
     ``tail_average``: also print each round's test metrics and those of the mean of the last m rounds'
     global models for each m (post-processing of what every institution already received)."""
@@ -136,7 +136,8 @@ def federate(config, shares, test, *, epsilon, rounds, variant, init_checkpoint,
         data_dir = work / f"site-{i}"
         for task, records in share.items():
             write_split_tables(data_dir / task, {"train": records, "test": records[:10]})
-        privacy = PrivacyConfig(epsilon=epsilon, delta=1e-5, planned_rounds=rounds, accountant=accountant)
+        privacy = PrivacyConfig(epsilon=epsilon, delta=1e-5, planned_rounds=rounds, accountant=accountant,
+                                max_grad_norm=max_grad_norm)
         institution = InstitutionConfig(name=f"site-{i}", species="human", tasks=tasks, data_dir=data_dir,
                                         state_dir=work / f"state-{i}-{variant.replace('/', '-')}-{epsilon}",
                                         device="cpu", privacy=privacy)
@@ -222,6 +223,8 @@ def main() -> int:
                         help="also score each sequence head's network alone and k-mer path alone")
     parser.add_argument("--accountant", choices=("rdp", "prv"), default="rdp",
                         help="every institution's accountant (σ is planned with it)")
+    parser.add_argument("--max-grad-norm", type=float, default=1.0,
+                        help="every institution's clipping norm C (privacy.max_grad_norm)")
     parser.add_argument("--tail-average", type=int, nargs="+", default=[], metavar="M",
                         help="also score every round and the mean of the last M rounds' global models")
     parser.add_argument("--out", type=Path, default=None)
@@ -269,7 +272,8 @@ def main() -> int:
             for eps in args.epsilons:
                 scores = federate(config, shares, test, epsilon=eps, rounds=args.rounds, variant=variant,
                                   init_checkpoint=args.init_checkpoint, work=Path(work), metric=metric,
-                                  parts=args.parts, accountant=args.accountant, tail_average=tuple(args.tail_average))
+                                  parts=args.parts, accountant=args.accountant,
+                                  max_grad_norm=args.max_grad_norm, tail_average=tuple(args.tail_average))
                 rows[f"federated {args.institutions} sites, {variant}, ε={eps:g} (spent {scores.pop('epsilon'):.2f})"] = scores
                 print(variant, eps, scores, f"{time.monotonic() - started:.0f}s", flush=True)
     table = ["| model | " + " | ".join(args.tasks) + " |", "|---|" + "---|" * len(args.tasks)]
