@@ -230,6 +230,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     metric = args.metric
+    if not 0 < args.max_grad_norm < float("inf"):  # named now, not after the baselines ran
+        parser.error(f"--max-grad-norm: the clipping norm must be finite and > 0, got {args.max_grad_norm}")
     if any(not 1 <= m <= args.rounds for m in args.tail_average):
         parser.error(f"--tail-average: each M must be 1..{args.rounds} (--rounds), got {args.tail_average}")
     for task in args.tasks if metric else ():  # a typo is named now, not as a KeyError after the runs
