@@ -363,10 +363,8 @@ class FederationConfig(StrictModel):
             foreign = sorted(set(self.model.named_tasks(option)) - set(self.tasks))
             if foreign:
                 raise ValueError(f"model.{option}: {foreign} are not federation tasks {list(self.tasks)}")
-        check_weights_after_clipping(self.training.weights_after_clipping, self.tasks)
+        check_training_tasks(self.training, self.tasks)
         for task in self.training.kmer_path_lr_scale:
-            if task not in self.tasks:
-                raise ValueError(f"training.kmer_path_lr_scale: {task!r} is not one of the tasks {list(self.tasks)}")
             if not self.model.kmer_k(task):
                 raise ValueError(f"training.kmer_path_lr_scale: {task!r} has no k-mer path (model.kmer_linear)")
         for institution in self.institutions:
@@ -412,11 +410,14 @@ class FederationConfig(StrictModel):
         return self.institutions[index]
 
 
-def check_weights_after_clipping(weights: Mapping[str, tuple[float, ...]], tasks: tuple[str, ...]) -> None:
-    """Each weighted task is one of ``tasks`` and fits :func:`class_weights_after_clipping`."""
-    for task, task_weights in weights.items():
-        if task not in tasks:
-            raise ValueError(f"training.weights_after_clipping: {task!r} is not one of the tasks {list(tasks)}")
+def check_training_tasks(training: TrainingConfig, tasks: tuple[str, ...]) -> None:
+    """Every per-task training option names one of ``tasks`` (a misspelt task would match nothing and
+    silently do nothing), and each task's weights fit :func:`class_weights_after_clipping`."""
+    for option in ("weights_after_clipping", "kmer_path_lr_scale"):
+        for task in getattr(training, option):
+            if task not in tasks:
+                raise ValueError(f"training.{option}: {task!r} is not one of the tasks {list(tasks)}")
+    for task, task_weights in training.weights_after_clipping.items():
         try:
             class_weights_after_clipping(task, task_weights)
         except ValueError as err:
@@ -500,7 +501,7 @@ def load_institution(path: str | Path) -> InstitutionConfig:
     try:
         _declare(config.task_declarations, config.tasks, where="")
         if config.training is not None:
-            check_weights_after_clipping(config.training.weights_after_clipping, config.tasks)
+            check_training_tasks(config.training, config.tasks)
     except ValueError as err:
         raise ConfigError(f"{path}: {err}") from err
     for key in ("state_dir",) if config.data is not None else ("data_dir", "state_dir"):

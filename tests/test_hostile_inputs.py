@@ -64,6 +64,7 @@ INSTITUTION_PROBES = [
     ("training.weights_after_clipping", {"enhancer": [0.5, 1.5]}, "weights_after_clipping"),
     ("training.weights_after_clipping", {"enhancer": [0.5, 0.5, 1.0]}, "has 2 classes"),
     ("training.weights_after_clipping", {"splice": [1.0, 1.0, 1.0]}, "not one of the tasks"),
+    ("training.kmer_path_lr_scale", {"splice": 2.0}, "kmer_path_lr_scale: 'splice' is not one of the tasks"),
     ("data.enhancer", {}, "exactly one of"), ("data.enhancer", {"table": "t.tsv", "gue": "g"}, "exactly one of"),
     ("data.enhancer", {"positives": ["p.fa"]}, "positives need negatives"),
     ("data.enhancer", {"bed": "b.bed"}, "bed and reference go together"),
